@@ -1,0 +1,42 @@
+"""The registry of signing schemes: the config's `scheme:` name -> signer class, in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+from proxy.signers.bearer import BearerSigner
+from proxy.signers.header import HeaderSigner
+
+# One line per scheme. The order is the order of the README's table and of the JSON schema.
+SIGNER_CLASSES: tuple[type[Signer], ...] = (
+    BearerSigner,
+    HeaderSigner,
+    # -- registry end --
+)
+
+SIGNERS: dict[str, type[Signer]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
+
+# The `signer:` field of a route: a union of every scheme's model, told apart by `scheme`.
+AnySignerConfig: Any = Annotated[
+    Union[tuple(cls.config_model for cls in SIGNER_CLASSES)],  # noqa: UP007
+    Field(discriminator="scheme"),
+]
+
+
+def build_signer(config: SignerConfig) -> Signer:
+    return SIGNERS[config.scheme](config)  # type: ignore[call-arg]
+
+
+__all__ = [
+    "SIGNERS",
+    "AnySignerConfig",
+    "SignResult",
+    "Signer",
+    "SignerConfig",
+    "SigningContext",
+    "UpstreamRequest",
+    "build_signer",
+]

@@ -1,0 +1,148 @@
+"""The one interface every signing scheme implements.
+
+A signer is built once per config load from its (immutable) config model and is shared by all
+requests on its route, so it keeps no per-request state: everything a signature depends on
+arrives as arguments — the request about to go upstream, the time and a nonce — and `sign()`
+returns a new request. That makes every signer a pure function, testable from vectors without a
+network (the model is httpx's `Auth` with its `requires_request_body` flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import BaseModel, ConfigDict
+
+
+class SignerConfig(BaseModel):
+    """Base of every scheme's config model: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """The request as it will be sent upstream.
+
+    `path` and `query` are raw, percent-encoded as they go on the wire: the proxy keeps the
+    app's bytes unless a signer changes them. `body` is the whole body when the signer asked for
+    it (`b""` when there is none) and None when the body streams past the signer.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query: str
+    headers: CIMultiDictProxy[str]
+    body: bytes | None = None
+
+    @property
+    def hostname(self) -> str:
+        """`host` without its port (IPv6 literals keep their brackets)."""
+        host = self.host
+        if host.startswith("["):
+            return host[: host.index("]") + 1]
+        return host.rsplit(":", 1)[0] if ":" in host else host
+
+    @property
+    def url(self) -> str:
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.scheme}://{self.host}{self.path}{query}"
+
+    def __repr__(self) -> str:
+        # Header values and the query may carry credentials: show names and sizes only.
+        names = ", ".join(self.headers.keys())
+        body = "streamed" if self.body is None else f"{len(self.body)} bytes"
+        return (
+            f"UpstreamRequest({self.method} {self.scheme}://{self.host}{self.path}"
+            f" query={len(self.query)} chars, headers=[{names}], body={body})"
+        )
+
+    def replace(self, **changes: Any) -> UpstreamRequest:
+        return dataclasses.replace(self, **changes)
+
+    def with_headers(
+        self,
+        set_headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        remove: Iterable[str] = (),
+    ) -> UpstreamRequest:
+        """Remove `remove` and every existing copy of the names in `set_headers`, then add those.
+
+        This is the credential-isolation rule: a signer never keeps or duplicates the app's own
+        copy of a header it sets.
+        """
+        items = list(set_headers.items()) if isinstance(set_headers, Mapping) else list(set_headers)
+        headers = CIMultiDict(self.headers)
+        for name in [*remove, *(name for name, _ in items)]:
+            headers.popall(name, None)
+        for name, value in items:
+            headers.add(name, value)
+        return dataclasses.replace(self, headers=CIMultiDictProxy(headers))
+
+
+@dataclass(frozen=True, slots=True)
+class SigningContext:
+    """Everything time- or randomness-dependent, injected so signing is reproducible."""
+
+    now_ms: int
+    nonce: str
+
+    @classmethod
+    def now(cls) -> SigningContext:
+        return cls(now_ms=time.time_ns() // 1_000_000, nonce=str(uuid.uuid4()))
+
+    @property
+    def now_seconds(self) -> int:
+        return self.now_ms // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SignResult:
+    """The signed request plus what `signing-proxy sign` shows to explain it.
+
+    `string_to_sign` and `details` (for example SigV4's canonical request) never hold a secret;
+    they may be printed, they are never logged.
+    """
+
+    request: UpstreamRequest
+    string_to_sign: str
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+class Signer(ABC):
+    """One signing scheme bound to one route's credentials."""
+
+    scheme: ClassVar[str]
+    config_model: ClassVar[type[SignerConfig]]
+    # True when the scheme hashes the payload: the proxy then reads the body (up to the route's
+    # max_body_bytes) before signing; otherwise the body streams.
+    requires_request_body: ClassVar[bool] = False
+
+    def needs_body(self, method: str) -> bool:
+        """Whether this request's body must be read before signing (per method, e.g. POST)."""
+        return self.requires_request_body
+
+    @abstractmethod
+    def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
+        """Return the request to send. Pure: no I/O, no state kept between calls."""
+
+    def is_ready(self) -> bool:
+        """Whether the credentials are usable now (readiness probe)."""
+        return True
+
+    async def start(self) -> None:
+        """Begin background work (credential refresh); called once the loop is running."""
+
+    async def close(self) -> None:
+        """Stop background work."""
+

@@ -1,0 +1,42 @@
+"""`header`: a static API-key header, `name: value`."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import field_validator
+
+from proxy.secrets import SecretValue
+from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
+
+
+class HeaderConfig(SignerConfig):
+    scheme: Literal["header"]
+    name: str
+    value: SecretValue
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _TOKEN.match(name):
+            raise ValueError(f"{name!r} is not a valid HTTP header name")
+        if name.lower() in {"host", "content-length", "transfer-encoding", "connection"}:
+            raise ValueError(f"the proxy manages the {name} header itself")
+        return name
+
+
+class HeaderSigner(Signer):
+    scheme = "header"
+    config_model = HeaderConfig
+
+    def __init__(self, config: HeaderConfig) -> None:
+        self._header = ((config.name, config.value.reveal()),)
+
+    def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
+        return SignResult(request=request.with_headers(self._header), string_to_sign="")
+
+    def __repr__(self) -> str:
+        return f"HeaderSigner(name={self._header[0][0]!r}, value=**********)"
