@@ -8,12 +8,17 @@ from pydantic import Field
 
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 from proxy.signers.bearer import BearerSigner
+from proxy.signers.devo import DevoSigner, DevoTokenSigner
+from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
 SIGNER_CLASSES: tuple[type[Signer], ...] = (
     BearerSigner,
     HeaderSigner,
+    DevResultsSigner,
+    DevoSigner,
+    DevoTokenSigner,
     # -- registry end --
 )
 
