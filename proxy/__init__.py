@@ -1,3 +1,3 @@
-"""signing-proxy: sign requests to HMAC-authenticated APIs on behalf of apps that hold no secrets."""
+"""signing-proxy: signs requests to HMAC-authenticated APIs for apps that hold no secrets."""
 
 __version__ = "0.1.0"

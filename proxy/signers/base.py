@@ -127,6 +127,9 @@ class Signer(ABC):
     # True when the scheme hashes the payload: the proxy then reads the body (up to the route's
     # max_body_bytes) before signing; otherwise the body streams.
     requires_request_body: ClassVar[bool] = False
+    # Credential fields that are identifiers sent in clear on every request (an API key id, a
+    # DevResults token): `signing-proxy sign` shows them. Every other credential is redacted.
+    public_fields: ClassVar[frozenset[str]] = frozenset()
 
     def needs_body(self, method: str) -> bool:
         """Whether this request's body must be read before signing (per method, e.g. POST)."""
@@ -145,4 +148,3 @@ class Signer(ABC):
 
     async def close(self) -> None:
         """Stop background work."""
-

@@ -1,0 +1,274 @@
+"""Wiring: one request's way through routing -> signer -> forward, and the server's lifecycle.
+
+Everything built from a config load lives in one immutable `Runtime`; a request takes the
+runtime once when it arrives and keeps it to the end, so a reload (swap of the runtime) never
+changes a request half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.admin import make_admin_app
+from proxy.config import Config, parse_host_port
+from proxy.errors import ProxyError, error_response
+from proxy.exchange import Exchange
+from proxy.forward import CHUNK_SIZE, Forwarder, UpstreamAborted, UpstreamOptions, strip_hop_by_hop
+from proxy.logs import get_logger
+from proxy.metrics import Metrics
+from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
+from proxy.signers import SigningContext, UpstreamRequest, build_signer
+
+log = get_logger("signing_proxy")
+
+_CONNECT_MESSAGE: Final = (
+    "CONNECT tunnels are not supported: the proxy must see requests to sign them. "
+    "Send plain http:// URLs through it (HTTP_PROXY); it speaks TLS to the upstream."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything built from one config load."""
+
+    config: Config
+    table: RouteTable
+    options: dict[str, UpstreamOptions]
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        routes = [Route.compile(rc, build_signer(rc.signer)) for rc in config.routes]
+        options = {rc.name: UpstreamOptions.for_route(rc) for rc in config.routes}
+        return cls(config=config, table=RouteTable(routes), options=options)
+
+    def is_ready(self) -> bool:
+        return all(route.signer.is_ready() for route in self.table.routes)
+
+
+class ProxyHandler:
+    """The request handler of the proxy port."""
+
+    def __init__(self, runtime: Runtime, forwarder: Forwarder, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.forwarder = forwarder
+        self.metrics = metrics
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self.runtime  # this request keeps this config to its end
+        exchange = Exchange(request.method, request.path, time.perf_counter())
+        self.metrics.in_flight.inc()
+        try:
+            return await self._handle(request, runtime, exchange)
+        except ProxyError as err:
+            exchange.status, exchange.error = err.status, err.code
+            return error_response(err.status, err.code, err.message, exchange.route)
+        except UpstreamAborted as err:
+            exchange.aborted = True
+            log.warning("response_aborted", route=exchange.route, reason=str(err))
+            if request.transport is not None:
+                request.transport.abort()  # never let a cut-off body look complete
+            raise
+        except asyncio.CancelledError:
+            exchange.error = exchange.error or "client_closed"
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            duration = time.perf_counter() - exchange.started
+            self.metrics.observe(exchange, duration)
+            _access_log(exchange, duration)
+
+    async def _handle(
+        self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
+    ) -> web.StreamResponse:
+        if request.method == "CONNECT":
+            raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+        try:
+            target = parse_target(request.raw_path)
+        except TargetError as err:
+            raise ProxyError(400, "invalid_target", str(err)) from None
+        exchange.path = target.path
+        match = runtime.table.match(target, request.headers.get("Host"))
+        if match is None:
+            host = target.host or request.headers.get("Host", "")
+            raise ProxyError(
+                403,
+                "no_route",
+                f"no route matches host {host!r} and path {target.path!r}; "
+                "this proxy only forwards to the routes in its config",
+            )
+        route = match.route
+        exchange.route = route.name
+        body = None
+        if route.signer.needs_body(request.method):
+            body = await read_body(request, route.config.max_body_bytes)
+        else:
+            await _send_continue(request)
+        upstream = prepare_upstream(match, request.method, target.query, request.headers, body)
+        try:
+            result = route.signer.sign(upstream, SigningContext.now())
+        except ValueError as err:  # signers raise ValueError with client-safe messages
+            log.warning("signing_failed", route=route.name, reason=str(err))
+            raise ProxyError(
+                500, "signing_failed", f"the request cannot be signed: {err}"
+            ) from None
+        except Exception as err:
+            log.error("signing_failed", route=route.name, error_type=type(err).__name__)
+            raise ProxyError(500, "signing_failed", "the request cannot be signed") from None
+        if "warning" in result.details:
+            log.warning("signing_warning", route=route.name, warning=result.details["warning"])
+        signed = result.request
+        if signed.body is not None:
+            signed = signed.with_headers({"Content-Length": str(len(signed.body))})
+        return await self.forwarder.forward(request, signed, runtime.options[route.name], exchange)
+
+
+def prepare_upstream(
+    match: RouteMatch,
+    method: str,
+    query: str,
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    body: bytes | None,
+) -> UpstreamRequest:
+    """The request to sign: the app's request minus hop-by-hop headers, with the route's static
+    header edits, `Host` set to the upstream's, and the path mapped onto the upstream's."""
+    route = match.route
+    out = strip_hop_by_hop(headers)
+    edits = route.config.headers
+    for name in (*edits.remove, *edits.set):
+        out.popall(name, None)
+    out.extend(edits.set)
+    out["Host"] = route.upstream_host
+    return UpstreamRequest(
+        method=method,
+        scheme=route.upstream_scheme,
+        host=route.upstream_host,
+        path=match.path,
+        query=query,
+        headers=CIMultiDictProxy(out),
+        body=body,
+    )
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole request body, refusing (413) anything over `limit` before or while reading."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    await _send_continue(request)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(CHUNK_SIZE):
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413, "body_too_large", f"the request body is over this route's max_body_bytes ({limit})"
+    )
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    # The low-level server does not answer `Expect: 100-continue`; clients such as curl then
+    # stall a second before each large upload. We take the body, so say so.
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def _access_log(exchange: Exchange, duration: float) -> None:
+    log.info(
+        "request",
+        route=exchange.route,
+        method=exchange.method,
+        path=exchange.path,
+        status=exchange.status,
+        duration_ms=round(duration * 1000, 3),
+        bytes_in=exchange.bytes_in,
+        bytes_out=exchange.bytes_out,
+        upstream=exchange.upstream_host,
+        error=exchange.error,
+        aborted=exchange.aborted,
+    )
+
+
+class ProxyServer:
+    """The proxy port and the admin port, started and drained together."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        listen: str | None = None,
+        admin: str | None = None,
+        shutdown_timeout: float = 20.0,
+    ) -> None:
+        self.runtime = Runtime.build(config)
+        self.listen = listen or config.listen
+        self.admin = admin or config.admin
+        self.shutdown_timeout = shutdown_timeout
+        self.metrics = Metrics()
+        self.forwarder = Forwarder()
+        self.handler = ProxyHandler(self.runtime, self.forwarder, self.metrics)
+        self.draining = False
+        self._runners: list[web.BaseRunner] = []
+
+    def is_ready(self) -> bool:
+        return not self.draining and self.handler.runtime.is_ready()
+
+    async def start(self) -> None:
+        await self.forwarder.start()
+        for route in self.runtime.table.routes:
+            await route.signer.start()
+        server = web.Server(self.handler, handler_cancellation=True, access_log=None)
+        proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
+        admin_runner = web.AppRunner(
+            make_admin_app(self.metrics.registry, self.is_ready), access_log=None
+        )
+        for runner, address in ((proxy_runner, self.listen), (admin_runner, self.admin)):
+            await runner.setup()
+            self._runners.append(runner)
+            host, port = parse_host_port(address)
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        log.info(
+            "started",
+            listen=self.listen,
+            admin=self.admin,
+            routes=[route.name for route in self.runtime.table.routes],
+        )
+
+    async def stop(self) -> None:
+        self.draining = True
+        for runner in reversed(self._runners):  # proxy first: in-flight requests finish
+            await runner.cleanup()
+        self._runners.clear()
+        for route in self.runtime.table.routes:
+            await route.signer.close()
+        await self.forwarder.close()
+
+    async def run_until_signalled(self, on_ready: Callable[[], Any] | None = None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            await stop.wait()
+            log.info("stopping", shutdown_timeout=self.shutdown_timeout)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(ValueError):
+                    loop.remove_signal_handler(signum)
+            await self.stop()
+        log.info("stopped")

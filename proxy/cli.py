@@ -1,0 +1,147 @@
+"""The `signing-proxy` command: run, check, sign, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from proxy import __version__
+from proxy.config import Config, ConfigError, describe_signer, load_config
+
+EXIT_CONFIG: Final = 2
+
+_EPILOG: Final = """\
+examples:
+  signing-proxy demo                                  try it: a demo config and a local echo server
+  signing-proxy check --config config/example.yaml    validate a config, list its routes
+  signing-proxy run --config config/example.yaml      serve on the config's listen address
+  signing-proxy run --config c.yaml --listen 0.0.0.0:8080 --log-format console
+  signing-proxy sign --config c.yaml -X POST -H 'Content-Type: application/json' \\
+      --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
+
+Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
+(HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs). Requests that match no route
+are refused with 403.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="signing-proxy",
+        description="A reverse/forward proxy that signs requests to HMAC-authenticated APIs.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"signing-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("--config", required=True, help="the YAML config file")
+    run.add_argument("--listen", help="proxy address HOST:PORT (overrides the config)")
+    run.add_argument("--admin", help="admin address HOST:PORT (overrides the config)")
+    run.add_argument("--log-format", choices=["json", "console"], default="json")
+    run.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=20.0,
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
+    )
+
+    check = commands.add_parser("check", help="validate a config and list its routes")
+    check.add_argument("--config", required=True)
+
+    sign = commands.add_parser(
+        "sign", help="show the signed request the proxy would send (sends nothing)"
+    )
+    sign.add_argument("--config", required=True)
+    sign.add_argument("--route", help="route name (default: match URL as the proxy would)")
+    sign.add_argument("-X", "--request", dest="method", default=None, help="method (default GET)")
+    sign.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    data = sign.add_mutually_exclusive_group()
+    data.add_argument("--data", help="request body as a string")
+    data.add_argument("--data-binary", help="request body from @FILE (or a literal string)")
+    sign.add_argument("--at", help="signing time: epoch milliseconds or ISO 8601 UTC")
+    sign.add_argument("--nonce", help="nonce (default: a random UUID4)")
+    sign.add_argument("--json", action="store_true", help="print one JSON object")
+    sign.add_argument("url", help="the URL the app would request")
+
+    demo = commands.add_parser(
+        "demo", help="run the proxy on a demo config in front of a local echo server"
+    )
+    demo.add_argument("--config", help="demo config (default: the bundled config/demo.yaml)")
+    demo.add_argument(
+        "--self-test",
+        action="store_true",
+        help="send the demo requests, print what came back, and exit",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "sign":
+        from proxy.signcmd import sign_command
+
+        return sign_command(args)
+    if args.command == "demo":
+        from proxy.demo import run_demo
+
+        return run_demo(args.config, self_test=args.self_test)
+    raise AssertionError(args.command)
+
+
+def load_or_report(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return None
+
+
+def _check(path: str) -> int:
+    config = load_or_report(path)
+    if config is None:
+        return EXIT_CONFIG
+    print(
+        f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
+    )
+    for route in config.routes:
+        match = " ".join(
+            f"{key}={value}" for key, value in route.match.model_dump().items() if value is not None
+        )
+        print(
+            f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from proxy.app import ProxyServer
+    from proxy.logs import configure_logging
+
+    configure_logging(args.log_format)
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    server = ProxyServer(
+        config, listen=args.listen, admin=args.admin, shutdown_timeout=args.shutdown_timeout
+    )
+    run_event_loop(server.run_until_signalled())
+    return 0
+
+
+def run_event_loop(main_coroutine: object) -> None:
+    """asyncio.run, on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coroutine)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main_coroutine)  # type: ignore[arg-type]

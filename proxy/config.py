@@ -1,0 +1,388 @@
+"""The config file: YAML -> a validated, immutable model, or every problem with its key path.
+
+Unknown keys are errors (a typo must not silently disable a setting), secrets are resolved at
+load time (`proxy.secrets`), and each problem carries the YAML line it comes from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from yarl import URL
+
+from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
+from proxy.yamlsource import YamlDocument, YamlError, load_yaml
+
+DEFAULT_LISTEN: Final = "127.0.0.1:8080"
+DEFAULT_ADMIN: Final = "127.0.0.1:9090"
+DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+
+_ROUTE_NAME = re.compile(r"^[a-z0-9_-]+$")
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers the proxy itself manages; a static edit of them would break framing or routing.
+_MANAGED_HEADERS: Final = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port). Raises ValueError with a readable reason."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _check_host_port(value: str) -> str:
+    parse_host_port(value)
+    return value
+
+
+def _check_hostname(name: str, *, wildcard_ok: bool) -> None:
+    labels = name.split(".")
+    if wildcard_ok and labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            raise ValueError(f"{name!r}: a wildcard needs a domain under it, e.g. *.example.com")
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return
+    except ValueError:
+        pass
+    if not labels or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{name!r} is not a valid host name")
+
+
+class MatchConfig(_Model):
+    """Which requests a route takes. Both given: both must match."""
+
+    host: str | None = Field(
+        default=None,
+        description="Exact host or *.example.com (case-insensitive), with an optional :port.",
+    )
+    path_prefix: str | None = Field(
+        default=None,
+        description="A path prefix such as /devresults, matched on a segment boundary and "
+        "stripped before forwarding.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        host, port = value, None
+        if ":" in value and not value.endswith("]"):
+            host, _, port = value.rpartition(":")
+            if not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+        _check_hostname(host, wildcard_ok=True)
+        return value
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with /")
+        if "?" in value or "#" in value:
+            raise ValueError(f"{value!r} must be a path only (no ? or #)")
+        segments = value.strip("/").split("/")
+        if any(segment in {".", ".."} for segment in segments):
+            raise ValueError(f"{value!r} must not contain . or .. segments")
+        return value.rstrip("/")  # "/" matches everything: the empty prefix
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> MatchConfig:
+        if self.host is None and self.path_prefix is None:
+            raise ValueError("match needs host and/or path_prefix (use path_prefix: / for all)")
+        return self
+
+
+class TimeoutConfig(_Model):
+    connect: float = Field(default=10.0, gt=0, description="Seconds to connect upstream.")
+    read: float | None = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds the upstream may stay silent (before headers or between body "
+        "chunks); null disables.",
+    )
+    total: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds for the whole exchange, body included; null (default) is no "
+        "limit, so long downloads and event streams work.",
+    )
+
+
+class TlsConfig(_Model):
+    verify: bool = Field(default=True, description="Verify the upstream's certificate.")
+    ca_file: str | None = Field(
+        default=None, description="PEM bundle to trust instead of the system store."
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"CA file {value} does not exist")
+        return value
+
+
+class HeadersConfig(_Model):
+    set: dict[str, str] = Field(
+        default_factory=dict, description="Headers set on every request, before signing."
+    )
+    remove: list[str] = Field(
+        default_factory=list, description="Headers removed from every request, before signing."
+    )
+
+    @field_validator("set")
+    @classmethod
+    def _valid_set(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            _check_header_name(name)
+            if "\r" in header_value or "\n" in header_value:
+                raise ValueError(f"the value of {name} must be one line")
+        return value
+
+    @field_validator("remove")
+    @classmethod
+    def _valid_remove(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _check_header_name(name)
+        return value
+
+
+def _check_header_name(name: str) -> None:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower() in _MANAGED_HEADERS:
+        raise ValueError(f"{name} is managed by the proxy and cannot be edited")
+
+
+class RouteConfig(_Model):
+    name: str = Field(description="Unique route name [a-z0-9_-]+: the label in metrics and logs.")
+    match: MatchConfig
+    upstream: str | None = Field(
+        default=None,
+        description="Absolute http(s):// base URL, may carry a base path; defaults to "
+        "https://<match.host> when that host is exact.",
+    )
+    signer: AnySignerConfig
+    timeout: TimeoutConfig = TimeoutConfig()
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        gt=0,
+        description="Largest body a scheme that reads the body accepts (413 above).",
+    )
+    tls: TlsConfig = TlsConfig()
+    headers: HeadersConfig = HeadersConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _ROUTE_NAME.match(value):
+            raise ValueError(f"{value!r} must match [a-z0-9_-]+")
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _valid_upstream(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = URL(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a URL: {exc}") from None
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise ValueError(f"{value!r} must be an absolute http:// or https:// URL")
+        if url.user or url.password:
+            raise ValueError("credentials in the upstream URL are not allowed; use a signer")
+        if url.raw_query_string or url.raw_fragment:
+            raise ValueError(f"{value!r} must not have a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_upstream(self) -> RouteConfig:
+        if self.upstream is None:
+            host = self.match.host
+            if host is None or host.startswith("*."):
+                raise ValueError("upstream is required unless match.host is an exact host name")
+            object.__setattr__(self, "upstream", f"https://{host}")
+        return self
+
+    @property
+    def upstream_url(self) -> URL:
+        assert self.upstream is not None  # set by the validator
+        return URL(self.upstream)
+
+
+class Config(_Model):
+    listen: str = Field(default=DEFAULT_LISTEN, description="Proxy address HOST:PORT.")
+    admin: str = Field(
+        default=DEFAULT_ADMIN, description="Admin address HOST:PORT (/metrics, /healthz, /readyz)."
+    )
+    routes: list[RouteConfig] = Field(min_length=1, description="First match wins.")
+
+    _check_listen = field_validator("listen", "admin")(_check_host_port)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for route in self.routes:
+            if route.name in seen:
+                raise ValueError(f"duplicate route name {route.name!r}")
+            seen.add(route.name)
+        return self
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        where = f" {self.path}:" if self.path else ""
+        return f"{self.line}:{where} {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem in a config file; `str()` lists them one per line, never a secret."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {source}:{p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def load_config(path: str | Path) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [ConfigProblem("", 1, "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [ConfigProblem("", 1, f"cannot read: {exc}")]) from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        doc = load_yaml(text)
+    except YamlError as exc:
+        problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in exc.problems]
+        raise ConfigError(source, problems) from None
+    if not isinstance(doc.data, dict):
+        raise ConfigError(source, [ConfigProblem("", 1, "the config must be a YAML mapping")])
+    problems = _duplicate_route_names(doc)
+    try:
+        config = Config.model_validate(doc.data)
+    except ValidationError as exc:
+        problems += [p for p in _problems(exc, doc) if p not in problems]
+    if problems:
+        raise ConfigError(source, sorted(problems, key=lambda p: p.line))
+    return config
+
+
+def _duplicate_route_names(doc: YamlDocument) -> list[ConfigProblem]:
+    # Checked on the raw data too, so it is reported together with every other problem.
+    routes = doc.data.get("routes")
+    if not isinstance(routes, list):
+        return []
+    problems, seen = [], set()
+    for index, route in enumerate(routes):
+        name = route.get("name") if isinstance(route, dict) else None
+        if isinstance(name, str) and name in seen:
+            path = ("routes", index, "name")
+            message = f"duplicate route name {name!r}"
+            problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))
+        seen.add(name)
+    return problems
+
+
+def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
+    problems = []
+    # include_input=False: the input may be a secret literal.
+    for error in exc.errors(include_input=False, include_url=False):
+        path = _data_path(doc.data, error["loc"])
+        message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key {path[-1]!r}"
+        elif error["type"] == "missing":
+            message = f"{path[-1]} is required"
+        elif error["type"] == "union_tag_invalid":
+            known = ", ".join(SIGNERS)
+            message = f"unknown scheme {error['ctx']['tag']!r} (known: {known})"
+        elif error["type"] == "union_tag_not_found":
+            message = f"scheme is required (one of: {', '.join(SIGNERS)})"
+        if error["type"] == "value_error" and "duplicate route name" in message:
+            continue  # reported with its own line by _duplicate_route_names
+        problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))
+    return problems
+
+
+def _data_path(data: Any, loc: tuple[int | str, ...]) -> tuple[str | int, ...]:
+    """Pydantic's error location -> the path in the YAML data.
+
+    Pydantic inserts the union member (the `scheme` tag, or a type name such as
+    `function-after[...]`) into the location; those steps do not exist in the data.
+    """
+    path: list[str | int] = []
+    node: Any = data
+    for step in loc:
+        if _has_step(node, step):
+            path.append(step)
+            node = node[step]
+        elif isinstance(node, dict) and (step == node.get("scheme") or "[" in str(step)):
+            continue
+        else:
+            path.append(step)
+            node = None
+    return tuple(path)
+
+
+def _has_step(node: Any, step: int | str) -> bool:
+    if isinstance(node, dict):
+        return step in node
+    return isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for step in path:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def describe_signer(config: SignerConfig) -> str:
+    """`scheme (field=source, ...)`: where each credential comes from, never its value."""
+    from proxy.secrets import Secret
+
+    parts = []
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if name == "scheme" or value is None:
+            continue
+        shown = value.source if isinstance(value, Secret) else str(value)
+        parts.append(f"{name}={shown}")
+    return f"{config.scheme} ({', '.join(parts)})" if parts else config.scheme

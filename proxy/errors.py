@@ -1,0 +1,28 @@
+"""The proxy's own error responses: an HTTP status and `{"error": {"code", "message", "route"}}`."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself. `message` is shown to the client: never a secret."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str, route: str | None = None) -> web.Response:
+    body: dict[str, str | None] = {"code": code, "message": message}
+    if route is not None:
+        body["route"] = route
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": body}),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )

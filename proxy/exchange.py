@@ -1,0 +1,24 @@
+"""The per-request record: what happened to one request, for the access log and the metrics.
+
+Created by the handler for each request and filled in as the request moves along; nothing in
+it is shared between requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Exchange:
+    method: str
+    path: str
+    started: float
+    route: str | None = None
+    status: int = 0
+    error: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_host: str | None = None
+    upstream_seconds: float | None = None
+    aborted: bool = False  # the response started and was then cut off

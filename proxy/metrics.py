@@ -1,0 +1,78 @@
+"""Prometheus metrics, labelled by route name only (never by URL: cardinality stays bounded)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proxy import __version__
+from proxy.exchange import Exchange
+
+NO_ROUTE: Final = "(none)"  # cannot collide with a route name: those match [a-z0-9_-]+
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_BYTE_BUCKETS: Final = tuple(float(4**n) for n in range(3, 16))  # 64 B .. 1 GiB
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "signing_proxy_requests_total",
+            "Requests answered, by route, method and HTTP status.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "signing_proxy_request_duration_seconds",
+            "Time from the request's arrival to the end of the response.",
+            ["route"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "signing_proxy_upstream_duration_seconds",
+            "Time from sending upstream to the upstream's response headers.",
+            ["route"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "signing_proxy_errors_total",
+            "Requests that failed, by route and error code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "signing_proxy_in_flight_requests", "Requests being handled now.", registry=r
+        )
+        self.request_body_bytes = Histogram(
+            "signing_proxy_request_body_bytes",
+            "Size of request bodies sent upstream.",
+            ["route"],
+            buckets=_BYTE_BUCKETS,
+            registry=r,
+        )
+        self.response_body_bytes = Histogram(
+            "signing_proxy_response_body_bytes",
+            "Size of response bodies sent back to clients.",
+            ["route"],
+            buckets=_BYTE_BUCKETS,
+            registry=r,
+        )
+        build_info = Gauge(
+            "signing_proxy_build_info", "The running version.", ["version"], registry=r
+        )
+        build_info.labels(version=__version__).set(1)
+
+    def observe(self, exchange: Exchange, duration: float) -> None:
+        route = exchange.route or NO_ROUTE
+        method = exchange.method if exchange.method in _METHODS else "OTHER"
+        self.requests.labels(route, method, str(exchange.status)).inc()
+        self.request_duration.labels(route).observe(duration)
+        if exchange.upstream_seconds is not None:
+            self.upstream_duration.labels(route).observe(exchange.upstream_seconds)
+        if exchange.error:
+            self.errors.labels(route, exchange.error).inc()
+        if exchange.route:
+            self.request_body_bytes.labels(route).observe(exchange.bytes_in)
+            self.response_body_bytes.labels(route).observe(exchange.bytes_out)

@@ -1,0 +1,184 @@
+"""Request -> route. First match wins; no match means the request is refused, never forwarded.
+
+Two request shapes arrive:
+- origin-form (`GET /devresults/api/awards`, reverse-proxy mode): matched by `path_prefix`
+  and/or the `Host` header;
+- absolute-form (`GET http://demo.devresults.com/api/awards`, what a client sends through
+  `HTTP_PROXY`): matched by the URI's host (only routes with `match.host` take these).
+
+Paths are handled raw (percent-encoded as received) so the upstream gets the app's bytes; a path
+with a `.`/`..` segment, literal or percent-encoded, is refused, so a request can never reach a
+path outside its route's upstream base path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.config import RouteConfig
+from proxy.signers import Signer
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ENCODED_DOT_OR_SLASH = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
+class TargetError(ValueError):
+    """The request target cannot be routed safely (400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTarget:
+    path: str
+    query: str
+    has_query: bool
+    host: str | None = None  # from an absolute-form URI (forward-proxy mode)
+    scheme: str | None = None
+
+    @property
+    def is_absolute(self) -> bool:
+        return self.host is not None
+
+
+def parse_target(raw: str) -> RequestTarget:
+    """Split a raw request target. Raises TargetError for a path that could escape its route."""
+    scheme = host = None
+    lowered = raw[:8].lower()
+    if lowered.startswith(("http://", "https://")):
+        scheme, _, rest = raw.partition("://")
+        scheme = scheme.lower()
+        authority_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=-1)
+        authority, rest = (rest, "/") if authority_end < 0 else _split(rest, authority_end)
+        if rest.startswith("?"):
+            rest = "/" + rest
+        if "@" in authority or not authority:
+            raise TargetError("the request URI must be http(s)://host[:port]/path")
+        host = authority.lower()
+        raw = rest
+    elif not raw.startswith("/"):
+        raise TargetError("the request target must be a path or an absolute http(s) URI")
+    path, has_query, query = raw.partition("?")
+    path = path.split("#", 1)[0]
+    _check_path(path)
+    return RequestTarget(path, query.split("#", 1)[0], bool(has_query), host, scheme)
+
+
+def _split(text: str, index: int) -> tuple[str, str]:
+    return text[:index], text[index:]
+
+
+def _check_path(path: str) -> None:
+    decoded = _ENCODED_DOT_OR_SLASH.sub(lambda m: chr(int(m.group(1), 16)), path)
+    for segment in re.split(r"[/\\]", decoded):
+        if segment in {".", ".."}:
+            raise TargetError("paths with . or .. segments are refused")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A route config compiled for matching, with its signer (built once per config load)."""
+
+    config: RouteConfig
+    signer: Signer
+    host: str | None  # exact host, or the ".example.com" suffix of a wildcard
+    wildcard: bool
+    port: int | None
+    prefix: str | None
+    upstream_scheme: str
+    upstream_host: str  # host[:port] as sent in the Host header
+    upstream_base_path: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @classmethod
+    def compile(cls, config: RouteConfig, signer: Signer) -> Route:
+        host = port = None
+        wildcard = False
+        if config.match.host:
+            host, port = _split_host_port(config.match.host)
+            if host.startswith("*."):
+                host, wildcard = host[1:], True
+        url = config.upstream_url
+        default_port = _DEFAULT_PORTS[url.scheme]
+        authority = url.raw_host or ""
+        if ":" in authority:  # IPv6 literal
+            authority = f"[{authority}]"
+        if url.port and url.port != default_port:
+            authority = f"{authority}:{url.port}"
+        return cls(
+            config=config,
+            signer=signer,
+            host=host,
+            wildcard=wildcard,
+            port=port,
+            prefix=config.match.path_prefix,
+            upstream_scheme=url.scheme,
+            upstream_host=authority,
+            upstream_base_path=url.raw_path.rstrip("/"),
+        )
+
+    def matches_host(self, host: str, port: int | None) -> bool:
+        assert self.host is not None
+        if self.port is not None and port != self.port:
+            return False
+        if self.wildcard:
+            return host.endswith(self.host)
+        return host == self.host
+
+    def strip_prefix(self, path: str) -> str | None:
+        """The path after the prefix, or None when the prefix does not match on a boundary."""
+        prefix = self.prefix
+        if not prefix:
+            return path
+        if path == prefix:
+            return ""
+        if path.startswith(prefix) and path[len(prefix)] == "/":
+            return path[len(prefix) :]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    path: str  # the path to send upstream (base path + what follows the prefix)
+
+
+class RouteTable:
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+        self.by_name = {route.name: route for route in self.routes}
+
+    def match(self, target: RequestTarget, host_header: str | None) -> RouteMatch | None:
+        if target.is_absolute:
+            assert target.host is not None
+            assert target.scheme is not None
+            host, port = _split_host_port(target.host)
+            port = port or _DEFAULT_PORTS[target.scheme]
+        elif host_header:
+            host, port = _split_host_port(host_header.strip().lower())
+        else:
+            host, port = None, None
+        for route in self.routes:
+            if route.host is not None:
+                if host is None or not route.matches_host(host, port):
+                    continue
+            elif target.is_absolute:
+                continue  # forward-proxy requests only go to routes that name their host
+            rest = route.strip_prefix(target.path)
+            if rest is None:
+                continue
+            return RouteMatch(route, (route.upstream_base_path + rest) or "/")
+        return None
+
+
+def _split_host_port(authority: str) -> tuple[str, int | None]:
+    if authority.startswith("["):
+        end = authority.find("]")
+        host, rest = authority[: end + 1], authority[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = authority.partition(":")
+    return host, int(port_text) if port_text.isdigit() else None
