@@ -1,0 +1,240 @@
+"""Real parts for tests: an aiohttp upstream on loopback (in its own thread) and the proxy as a
+`signing-proxy run` subprocess. Everything listens on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+from aiohttp import web
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Seen:
+    """One request as the upstream received it."""
+
+    method: str
+    raw_path: str
+    headers: dict[str, str]
+    header_items: list[tuple[str, str]]
+    body_len: int
+    body_sha256: str
+    body: bytes | None  # kept only when small
+
+
+class Upstream:
+    """An aiohttp server in a background thread that records what reaches it.
+
+    The default handler echoes the request as JSON; tests may install others by path prefix.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.port = free_port()
+        self.ssl_context = ssl_context
+        self.seen: list[Seen] = []
+        self.handlers: dict[str, Handler] = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner: web.ServerRunner | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self) -> Upstream:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            if self._runner:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def setup() -> None:
+            server = web.Server(self._dispatch, access_log=None)
+            self._runner = web.ServerRunner(server)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start()
+
+        self._loop.run_until_complete(setup())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        for prefix, handler in self.handlers.items():
+            if request.path.startswith(prefix):
+                return await handler(request)
+        return await self.echo(request)
+
+    async def record(self, request: web.BaseRequest) -> Seen:
+        digest = hashlib.sha256()
+        size = 0
+        small = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+            if size <= 1 << 20:
+                small += chunk
+        seen = Seen(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=dict(request.headers),
+            header_items=list(request.headers.items()),
+            body_len=size,
+            body_sha256=digest.hexdigest(),
+            body=bytes(small) if size <= 1 << 20 else None,
+        )
+        self.seen.append(seen)
+        return seen
+
+    async def echo(self, request: web.BaseRequest) -> web.Response:
+        seen = await self.record(request)
+        return web.json_response(
+            {
+                "method": seen.method,
+                "raw_path": seen.raw_path,
+                "headers": seen.header_items,
+                "body_len": seen.body_len,
+                "body_sha256": seen.body_sha256,
+            }
+        )
+
+
+@contextlib.contextmanager
+def running_upstream(ssl_context: ssl.SSLContext | None = None) -> Iterator[Upstream]:
+    upstream = Upstream(ssl_context).start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@dataclass
+class ProxyProcess:
+    """`signing-proxy run` in a subprocess, its stderr (the logs) captured to a file."""
+
+    config: dict[str, Any]
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "proxy.log"
+
+    def start(self) -> ProxyProcess:
+        config_path = self.workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config))
+        env = {**os.environ, **self.env}
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "proxy", "run",
+                "--config", str(config_path),
+                "--listen", f"127.0.0.1:{self.port}",
+                "--admin", f"127.0.0.1:{self.admin_port}",
+                *self.extra_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.process.returncode}:\n{self.logs()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{self.admin_url}/healthz", timeout=1).ok:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"proxy did not start:\n{self.logs()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._log.close()
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
+
+@contextlib.contextmanager
+def running_proxy(
+    config: dict[str, Any], workdir: Path, **kwargs: Any
+) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(config, workdir, **kwargs).start()
+    try:
+        yield proxy
+    finally:
+        if proxy.process is not None and proxy.process.poll() is None:
+            proxy.stop()
+
+
+def route(name: str, upstream: str, signer: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "upstream": upstream, "signer": signer, **extra}
