@@ -260,10 +260,10 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.start()
-        if on_ready is not None:
-            on_ready()
         try:
+            await self.start()
+            if on_ready is not None:
+                on_ready()
             await stop.wait()
             log.info("stopping", shutdown_timeout=self.shutdown_timeout)
         finally:

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config and list its routes")
     check.add_argument("--config", required=True)
 
+    commands.add_parser("schema", help="print the config's JSON Schema (config/schema.json)")
+
     sign = commands.add_parser(
         "sign", help="show the signed request the proxy would send (sends nothing)"
     )
@@ -86,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "run":
         return _run(args)
+    if args.command == "schema":
+        print(config_schema_json())
+        return 0
     if args.command == "sign":
         from proxy.signcmd import sign_command
 
@@ -95,6 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args.config, self_test=args.self_test)
     raise AssertionError(args.command)
+
+
+def config_schema_json() -> str:
+    import json
+
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "signing-proxy config"
+    return json.dumps(schema, indent=2, sort_keys=True)
 
 
 def load_or_report(path: str) -> Config | None:
@@ -133,7 +147,11 @@ def _run(args: argparse.Namespace) -> int:
     server = ProxyServer(
         config, listen=args.listen, admin=args.admin, shutdown_timeout=args.shutdown_timeout
     )
-    run_event_loop(server.run_until_signalled())
+    try:
+        run_event_loop(server.run_until_signalled())
+    except OSError as err:  # typically: the address is in use
+        print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -141,7 +141,8 @@ def _origin_form(url: str) -> str:
 def _as_json(result: SignResult, body: bytes | None, redact: Callable[[str], str]) -> str:
     request = result.request
     headers: dict[str, str] = {}
-    for name, value in request.headers.items():
+    for key, value in request.headers.items():
+        name = str(key)  # multidict's istr is not a str orjson accepts as a key
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     document = {
         "method": request.method,

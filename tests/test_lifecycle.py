@@ -1,0 +1,115 @@
+"""The process: graceful stop on SIGTERM/SIGINT, clear failures, the CLI's own surface."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from aiohttp import web
+
+from tests.support import ProxyProcess, running_upstream
+
+
+def _config(upstream_url: str) -> dict[str, object]:
+    return {
+        "routes": [
+            {
+                "name": "slow",
+                "match": {"path_prefix": "/"},
+                "upstream": upstream_url,
+                "signer": {"scheme": "bearer", "token": "t"},
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_in_flight_request_finishes_then_exit_0(tmp_path: Path, sig: int) -> None:
+    arrived = threading.Event()
+    with running_upstream() as upstream:
+
+        async def slow(request: web.BaseRequest) -> web.Response:
+            arrived.set()
+            await asyncio.sleep(1.5)
+            return web.Response(text="finished")
+
+        upstream.handlers["/slow"] = slow
+        proxy = ProxyProcess(_config(upstream.url), tmp_path).start()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(requests.get, f"{proxy.url}/slow", timeout=30)
+            assert arrived.wait(10)
+            code = proxy.stop(sig, timeout=30)
+            response = pending.result()
+    assert response.status_code == 200
+    assert response.text == "finished"
+    assert code == 0
+    assert '"event":"stopped"' in proxy.logs().replace(" ", "")
+
+
+def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            "routes: [{name: a, match: {path_prefix: /}, upstream: 'http://127.0.0.1:1', "
+            "signer: {scheme: bearer, token: t}}]"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "run", "--config", str(config),
+             "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_config_at_run_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("routes: []\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "routes" in result.stderr
+
+
+def test_version_and_help() -> None:
+    from proxy import __version__
+
+    version = subprocess.run(
+        [str(Path(sys.executable).parent / "signing-proxy"), "--version"], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert version.stdout.strip() == f"signing-proxy {__version__}"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, check=True,
+        timeout=30,
+    ).stdout  # fmt: skip
+    for word in ("run", "check", "sign", "demo", "examples:", "HTTP_PROXY"):
+        assert word in help_text
+    run_help = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--help"], capture_output=True, text=True,
+        check=True, timeout=30,
+    ).stdout  # fmt: skip
+    for flag in ("--config", "--listen", "--admin", "--log-format", "--shutdown-timeout"):
+        assert flag in run_help
+
+
+def test_demo_self_test_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "demo", "--self-test"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok ") == 3
