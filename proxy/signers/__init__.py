@@ -8,9 +8,11 @@ from pydantic import Field
 
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 from proxy.signers.bearer import BearerSigner
+from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
+from proxy.signers.jscrambler import JscramblerSigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
 SIGNER_CLASSES: tuple[type[Signer], ...] = (
@@ -19,6 +21,8 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     DevResultsSigner,
     DevoSigner,
     DevoTokenSigner,
+    JscramblerSigner,
+    DevengoSigner,
     # -- registry end --
 )
 

@@ -1,0 +1,69 @@
+"""`devengo`: Devengo's API key signature, SIGNING.md section (d).
+
+`HMAC-SHA256(secret, [strict_base64(body)] + nonce + timestamp + api_key_id)`, base64-encoded,
+sent with the nonce, timestamp and key id as four `X-Devengo-Api-Key-*` headers. The app's own
+`Authorization` (the deprecated JWT mode) and `X-Devengo-*` headers are dropped first: with a
+signature header present the server ignores the JWT, and a stale copy must never travel.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Final, Literal
+
+from proxy.secrets import SecretValue
+from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+
+SIGNATURE_HEADER: Final = "X-Devengo-Api-Key-Signature"
+NONCE_HEADER: Final = "X-Devengo-Api-Key-Nonce"
+TIMESTAMP_HEADER: Final = "X-Devengo-Api-Key-Timestamp"
+ID_HEADER: Final = "X-Devengo-Api-Key-Id"
+
+
+class DevengoConfig(SignerConfig):
+    """A route's `signer:` block for `scheme: devengo` (API key signature headers)."""
+
+    scheme: Literal["devengo"]
+    api_key_id: SecretValue
+    secret: SecretValue
+
+
+class DevengoSigner(Signer):
+    scheme = "devengo"
+    config_model = DevengoConfig
+    requires_request_body = True  # the body is part of the HMAC
+    public_fields = frozenset({"api_key_id"})  # sent in clear in X-Devengo-Api-Key-Id
+
+    def __init__(self, config: DevengoConfig) -> None:
+        self._key_id: Final = config.api_key_id.reveal()
+        # The secret is the HMAC key as its UTF-8 text, never base64-decoded.
+        self._mac: Final = hmac.new(config.secret.reveal().encode(), digestmod=hashlib.sha256)
+
+    def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
+        timestamp = str(ctx.now_seconds)
+        # Strict base64 (no line breaks); an absent and an empty body both add "".
+        body = base64.b64encode(request.body or b"").decode("ascii")
+        data = f"{body}{ctx.nonce}{timestamp}{self._key_id}"
+        mac = self._mac.copy()
+        mac.update(data.encode())
+        signature = base64.b64encode(mac.digest()).decode("ascii")
+        stale = [
+            name
+            for name in request.headers
+            if name.lower() == "authorization" or name.lower().startswith("x-devengo-")
+        ]
+        signed = request.with_headers(
+            (
+                (SIGNATURE_HEADER, signature),
+                (NONCE_HEADER, ctx.nonce),
+                (TIMESTAMP_HEADER, timestamp),
+                (ID_HEADER, self._key_id),
+            ),
+            remove=stale,
+        )
+        return SignResult(request=signed, string_to_sign=data)
+
+    def __repr__(self) -> str:
+        return "DevengoSigner(api_key_id=**********, secret=**********)"
