@@ -88,7 +88,9 @@ class Upstream:
             server = web.Server(self._dispatch, access_log=None)
             self._runner = web.ServerRunner(server)
             await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start()
+            await web.TCPSite(
+                self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context
+            ).start()
 
         self._loop.run_until_complete(setup())
         self._ready.set()
@@ -225,9 +227,7 @@ class ProxyProcess:
 
 
 @contextlib.contextmanager
-def running_proxy(
-    config: dict[str, Any], workdir: Path, **kwargs: Any
-) -> Iterator[ProxyProcess]:
+def running_proxy(config: dict[str, Any], workdir: Path, **kwargs: Any) -> Iterator[ProxyProcess]:
     proxy = ProxyProcess(config, workdir, **kwargs).start()
     try:
         yield proxy

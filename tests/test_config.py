@@ -32,13 +32,21 @@ BAD_CONFIGS = [
     ("empty-routes", "routes: []\n", "routes", 1, "at least 1"),
     ("not-a-mapping", "- a\n- b\n", "", 1, "mapping"),
     ("bad-yaml", "routes: [\n  {name: x\n", "", 3, "invalid YAML"),
-    ("unknown-top-key", f"routes: [{GOOD_ROUTE}]\nlisten_port: 8080\n", "listen_port", 2, "unknown key"),  # noqa: E501
+    (
+        "unknown-top-key",
+        f"routes: [{GOOD_ROUTE}]\nlisten_port: 8080\n",
+        "listen_port",
+        2,
+        "unknown key",
+    ),
     ("bad-listen", f"listen: localhost\nroutes: [{GOOD_ROUTE}]\n", "listen", 1, "HOST:PORT"),
     ("bad-admin-port", f"admin: 127.0.0.1:70000\nroutes: [{GOOD_ROUTE}]\n", "admin", 1, "port"),
     (
         "duplicate-yaml-key",
         f"routes: [{GOOD_ROUTE}]\nlisten: 127.0.0.1:1\nlisten: 127.0.0.1:2\n",
-        "listen", 3, "duplicate key",
+        "listen",
+        3,
+        "duplicate key",
     ),
     (
         "bad-route-name",
@@ -49,12 +57,16 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: bearer, token: t}
         """,
-        "routes[0].name", 2, "[a-z0-9_-]+",
+        "routes[0].name",
+        2,
+        "[a-z0-9_-]+",
     ),
     (
         "duplicate-route-name",
         f"routes:\n  - {GOOD_ROUTE}\n  - {GOOD_ROUTE}\n",
-        "routes[1].name", 3, "duplicate route name",
+        "routes[1].name",
+        3,
+        "duplicate route name",
     ),
     (
         "unknown-route-key",
@@ -66,7 +78,9 @@ BAD_CONFIGS = [
             signer: {scheme: bearer, token: t}
             timout: {connect: 1}
         """,
-        "routes[0].timout", 6, "unknown key",
+        "routes[0].timout",
+        6,
+        "unknown key",
     ),
     (
         "unknown-signer-field",
@@ -79,7 +93,9 @@ BAD_CONFIGS = [
               scheme: bearer
               tokn: t
         """,
-        "routes[0].signer.tokn", 7, "unknown key",
+        "routes[0].signer.tokn",
+        7,
+        "unknown key",
     ),
     (
         "missing-signer-field",
@@ -92,7 +108,9 @@ BAD_CONFIGS = [
               scheme: devresults
               token: t
         """,
-        "routes[0].signer.secret", 5, "required",
+        "routes[0].signer.secret",
+        5,
+        "required",
     ),
     (
         "unknown-scheme",
@@ -103,7 +121,9 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: hmac-magic, token: t}
         """,
-        "routes[0].signer", 5, "unknown scheme 'hmac-magic'",
+        "routes[0].signer",
+        5,
+        "unknown scheme 'hmac-magic'",
     ),
     (
         "missing-env-secret",
@@ -117,7 +137,9 @@ BAD_CONFIGS = [
               token: t
               secret: {env: SIGNING_PROXY_TEST_UNSET_VAR}
         """,
-        "routes[0].signer.secret", 8, "SIGNING_PROXY_TEST_UNSET_VAR is not set",
+        "routes[0].signer.secret",
+        8,
+        "SIGNING_PROXY_TEST_UNSET_VAR is not set",
     ),
     (
         "missing-file-secret",
@@ -128,7 +150,9 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: bearer, token: {file: /nonexistent/token}}
         """,
-        "routes[0].signer.token", 5, "/nonexistent/token does not exist",
+        "routes[0].signer.token",
+        5,
+        "/nonexistent/token does not exist",
     ),
     (
         "bad-secret-shape",
@@ -139,7 +163,9 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: bearer, token: {vault: x}}
         """,
-        "routes[0].signer.token", 5, "{env: NAME} or {file: PATH}",
+        "routes[0].signer.token",
+        5,
+        "{env: NAME} or {file: PATH}",
     ),
     (
         "empty-match",
@@ -150,7 +176,9 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: bearer, token: t}
         """,
-        "routes[0].match", 3, "host and/or path_prefix",
+        "routes[0].match",
+        3,
+        "host and/or path_prefix",
     ),
     (
         "bad-prefix",
@@ -161,7 +189,9 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: bearer, token: t}
         """,
-        "routes[0].match.path_prefix", 3, "must start with /",
+        "routes[0].match.path_prefix",
+        3,
+        "must start with /",
     ),
     (
         "bad-host",
@@ -171,7 +201,9 @@ BAD_CONFIGS = [
             match: {host: "api example.com"}
             signer: {scheme: bearer, token: t}
         """,
-        "routes[0].match.host", 3, "not a valid host",
+        "routes[0].match.host",
+        3,
+        "not a valid host",
     ),
     (
         "upstream-needed-for-wildcard",
@@ -181,7 +213,9 @@ BAD_CONFIGS = [
             match: {host: "*.example.com"}
             signer: {scheme: bearer, token: t}
         """,
-        "routes[0]", 2, "upstream is required",
+        "routes[0]",
+        2,
+        "upstream is required",
     ),
     (
         "bad-upstream-scheme",
@@ -192,7 +226,9 @@ BAD_CONFIGS = [
             upstream: ftp://files.example.com
             signer: {scheme: bearer, token: t}
         """,
-        "routes[0].upstream", 4, "http:// or https://",
+        "routes[0].upstream",
+        4,
+        "http:// or https://",
     ),
     (
         "negative-timeout",
@@ -204,7 +240,9 @@ BAD_CONFIGS = [
             signer: {scheme: bearer, token: t}
             timeout: {connect: -1}
         """,
-        "routes[0].timeout.connect", 6, "greater than 0",
+        "routes[0].timeout.connect",
+        6,
+        "greater than 0",
     ),
     (
         "bad-max-body",
@@ -216,7 +254,9 @@ BAD_CONFIGS = [
             signer: {scheme: bearer, token: t}
             max_body_bytes: lots
         """,
-        "routes[0].max_body_bytes", 6, "integer",
+        "routes[0].max_body_bytes",
+        6,
+        "integer",
     ),
     (
         "missing-ca-file",
@@ -228,7 +268,9 @@ BAD_CONFIGS = [
             signer: {scheme: bearer, token: t}
             tls: {ca_file: /nonexistent/ca.pem}
         """,
-        "routes[0].tls.ca_file", 6, "does not exist",
+        "routes[0].tls.ca_file",
+        6,
+        "does not exist",
     ),
     (
         "managed-header-edit",
@@ -240,7 +282,9 @@ BAD_CONFIGS = [
             signer: {scheme: bearer, token: t}
             headers: {set: {Host: evil.example.com}}
         """,
-        "routes[0].headers.set", 6, "managed by the proxy",
+        "routes[0].headers.set",
+        6,
+        "managed by the proxy",
     ),
     (
         "bad-devo-key-header",
@@ -251,7 +295,9 @@ BAD_CONFIGS = [
             upstream: https://x.example.com
             signer: {scheme: devo, api_key: k, api_secret: s, key_header: tenant}
         """,
-        "routes[0].signer.key_header", 5, "reseller",
+        "routes[0].signer.key_header",
+        5,
+        "reseller",
     ),
 ]
 
@@ -293,7 +339,8 @@ def test_secret_sources_and_newline_stripping(
         f"""
 routes:
   - {{name: a, match: {{path_prefix: /a}}, upstream: 'https://x.example.com',
-      signer: {{scheme: devresults, token: {{env: CFG_TEST_TOKEN}}, secret: {{file: {secret_file}}}}}}}
+      signer: {{scheme: devresults, token: {{env: CFG_TEST_TOKEN}},
+                secret: {{file: {secret_file}}}}}}}
 """
     )
     signer = config.routes[0].signer
@@ -337,7 +384,8 @@ def test_defaults_and_immutability() -> None:
 
 def test_upstream_defaults_to_https_exact_host() -> None:
     config = parse_config(
-        "routes: [{name: a, match: {host: Demo.DevResults.com}, signer: {scheme: bearer, token: t}}]"
+        "routes: [{name: a, match: {host: Demo.DevResults.com}, "
+        "signer: {scheme: bearer, token: t}}]"
     )
     assert config.routes[0].upstream == "https://demo.devresults.com"
 

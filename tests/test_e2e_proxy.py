@@ -51,7 +51,9 @@ def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ups
 
 @pytest.fixture(scope="module")
 def proxy(
-    upstream: Upstream, tls_upstream: tuple[Upstream, Path], tmp_path_factory: pytest.TempPathFactory
+    upstream: Upstream,
+    tls_upstream: tuple[Upstream, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProxyProcess]:
     tls_server, ca_file = tls_upstream
     bearer = {"scheme": "bearer", "token": {"env": "E2E_TOKEN"}}

@@ -98,7 +98,10 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
         assert code == 0
         emitted.append(("logs", proxy.logs()))
         # The upstream did get the credentials: the scan is not vacuous.
-        assert any(s.headers.get("Authorization") == f"Bearer {SECRETS['LEAK_BEARER']}" for s in upstream.seen)
+        assert any(
+            s.headers.get("Authorization") == f"Bearer {SECRETS['LEAK_BEARER']}"
+            for s in upstream.seen
+        )
 
         config_path = tmp_path / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))

@@ -89,7 +89,11 @@ def test_version_and_help() -> None:
     from proxy import __version__
 
     version = subprocess.run(
-        [str(Path(sys.executable).parent / "signing-proxy"), "--version"], capture_output=True, text=True, check=True, timeout=30
+        [str(Path(sys.executable).parent / "signing-proxy"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     assert version.stdout.strip() == f"signing-proxy {__version__}"
     help_text = subprocess.run(
