@@ -127,7 +127,7 @@ def _redacted(expected: str, vector: dict[str, Any], scheme: str) -> str:
 
 def _headers_match(
     out: dict[str, str], expected: dict[str, str], vector: dict[str, Any], scheme: str
-) -> None:  # noqa: E501
+) -> None:
     lowered = {k.lower(): v for k, v in out.items()}
     for name, value in expected.items():
         assert lowered.get(name.lower()) == _redacted(value, vector, scheme), name
