@@ -1,0 +1,240 @@
+{{/*
+Every helper takes a context dict, (dict "root" $ "values" <signing-proxy values>), so the same
+helpers serve this chart's own templates and the sidecar templates rendered inside another
+chart (where .Values and .Chart belong to the including chart).
+*/}}
+
+{{- define "signing-proxy.name" -}}
+{{- default "signing-proxy" .values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Not derived from .Chart.Name: under an alias that name changes, and the sidecar
+templates must find the ConfigMap this chart rendered. */}}
+{{- define "signing-proxy.fullname" -}}
+{{- if .values.fullnameOverride -}}
+{{- .values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "signing-proxy.name" . -}}
+{{- if contains $name .root.Release.Name -}}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "signing-proxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "signing-proxy.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "signing-proxy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "signing-proxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .values.image.tag | quote }}
+app.kubernetes.io/component: signing-proxy
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{- define "signing-proxy.serviceAccountName" -}}
+{{- if .values.serviceAccount.create -}}
+{{- default (include "signing-proxy.fullname" .) .values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "signing-proxy.image" -}}
+{{- if .values.image.digest -}}
+{{- printf "%s@%s" .values.image.repository .values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .values.image.repository (toString .values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "signing-proxy.configMapName" -}}
+{{- default (include "signing-proxy.fullname" .) .values.existingConfigMap -}}
+{{- end -}}
+
+{{- define "signing-proxy.configKey" -}}
+{{- if .values.existingConfigMap -}}{{ .values.existingConfigMapKey }}{{- else -}}config.yaml{{- end -}}
+{{- end -}}
+
+{{/* The Secret mounted at secretsMountPath, or "" for none. */}}
+{{- define "signing-proxy.secretName" -}}
+{{- if .values.existingSecret -}}
+{{- .values.existingSecret -}}
+{{- else if .values.secret.create -}}
+{{- printf "%s-credentials" (include "signing-proxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The config file rendered from values. */}}
+{{- define "signing-proxy.configYaml" -}}
+{{- $config := deepCopy (default (dict) .values.config.extraConfig) -}}
+{{- $_ := set $config "routes" .values.config.routes -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* Fails the render on settings that cannot work. Renders nothing. */}}
+{{- define "signing-proxy.validate" -}}
+{{- $v := .values -}}
+{{- if not (has $v.mode (list "standalone" "sidecar")) -}}
+{{- fail (printf "mode must be standalone or sidecar, not %q" (toString $v.mode)) -}}
+{{- end -}}
+{{- if and $v.existingSecret $v.secret.create -}}
+{{- fail "set existingSecret or secret.create, not both" -}}
+{{- end -}}
+{{- if ge (int $v.proxy.shutdownTimeoutSeconds) (int $v.terminationGracePeriodSeconds) -}}
+{{- fail (printf "proxy.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
+{{- end -}}
+{{- if not $v.existingConfigMap -}}
+{{- if not $v.config.routes -}}
+{{- fail "no routes: set config.routes (rendered to a ConfigMap) or existingConfigMap" -}}
+{{- end -}}
+{{- if hasKey (default (dict) $v.config.extraConfig) "routes" -}}
+{{- fail "config.extraConfig must not hold routes: use config.routes" -}}
+{{- end -}}
+{{- range $i, $route := $v.config.routes -}}
+{{- if not (kindIs "map" $route) -}}
+{{- fail (printf "config.routes[%d] must be a map" $i) -}}
+{{- end -}}
+{{- $signer := default (dict) (get $route "signer") -}}
+{{- range $field, $value := $signer -}}
+{{- $where := printf "config.routes[%d] (%s): signer.%s" $i (toString (get $route "name")) $field -}}
+{{- if and (kindIs "map" $value) (hasKey $value "env") -}}
+{{- fail (printf "%s uses {env: ...}; in Kubernetes put the credential in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
+{{- end -}}
+{{- if and (kindIs "string" $value) (has $field $v.config.secretFields) (not $v.config.allowInlineSecrets) -}}
+{{- fail (printf "%s is a literal credential, which would land in a ConfigMap; put it in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod annotations that roll pods when rendered config or secret content changes. */}}
+{{- define "signing-proxy.checksumAnnotations" -}}
+{{- if and (not .values.existingConfigMap) .values.config.rolloutOnChange }}
+checksum/config: {{ include "signing-proxy.configYaml" . | sha256sum }}
+{{- end }}
+{{- if and .values.secret.create (not .values.existingSecret) }}
+checksum/secret: {{ toJson .values.secret.stringData | sha256sum }}
+{{- end }}
+{{- end -}}
+
+{{/* A probe from values, aimed at the admin port unless it names a port itself. */}}
+{{- define "signing-proxy.probe" -}}
+{{- $probe := deepCopy .probe -}}
+{{- if hasKey $probe "httpGet" -}}
+{{- $get := $probe.httpGet -}}
+{{- if not (hasKey $get "port") -}}
+{{- $_ := set $get "port" (int .values.proxy.adminPort) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}
+
+{{/*
+The proxy container, shared by the Deployment and the sidecar. Extra context keys:
+  listenAddress  the proxy bind address
+  native         true: add restartPolicy: Always (a native sidecar under initContainers)
+  name           the container name
+*/}}
+{{- define "signing-proxy.container" -}}
+{{- $v := .values -}}
+- name: {{ .name }}
+  image: {{ include "signing-proxy.image" . | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  command:
+    - signing-proxy
+    - run
+    - --config
+    - {{ printf "%s/%s" (trimSuffix "/" $v.configMountPath) (include "signing-proxy.configKey" .) | quote }}
+  args:
+    - --listen
+    - {{ printf "%s:%v" .listenAddress $v.proxy.port | quote }}
+    - --admin
+    - {{ printf "%s:%v" $v.proxy.adminAddress $v.proxy.adminPort | quote }}
+    - --log-format
+    - {{ $v.proxy.logFormat | quote }}
+    - --shutdown-timeout
+    - {{ $v.proxy.shutdownTimeoutSeconds | quote }}
+    {{- range $v.proxy.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  ports:
+    - name: sp-proxy
+      containerPort: {{ $v.proxy.port }}
+      protocol: TCP
+    - name: sp-admin
+      containerPort: {{ $v.proxy.adminPort }}
+      protocol: TCP
+  {{- with $v.extraEnv }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.startupProbe }}
+  startupProbe:
+    {{- include "signing-proxy.probe" (dict "probe" . "values" $v) | nindent 4 }}
+  {{- end }}
+  {{- with $v.livenessProbe }}
+  livenessProbe:
+    {{- include "signing-proxy.probe" (dict "probe" . "values" $v) | nindent 4 }}
+  {{- end }}
+  {{- with $v.readinessProbe }}
+  readinessProbe:
+    {{- include "signing-proxy.probe" (dict "probe" . "values" $v) | nindent 4 }}
+  {{- end }}
+  {{- with $v.lifecycle }}
+  lifecycle:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: signing-proxy-config
+      mountPath: {{ $v.configMountPath }}
+      readOnly: true
+    {{- if include "signing-proxy.secretName" . }}
+    - name: signing-proxy-secrets
+      mountPath: {{ $v.secretsMountPath }}
+      readOnly: true
+    {{- end }}
+    - name: signing-proxy-tmp
+      mountPath: /tmp
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/* The volumes the container mounts: whole directories, never subPath, so kubelet's
+atomic updates of ConfigMaps and Secrets reach the proxy, which reloads. */}}
+{{- define "signing-proxy.volumes" -}}
+- name: signing-proxy-config
+  configMap:
+    name: {{ include "signing-proxy.configMapName" . }}
+    defaultMode: {{ .values.configDefaultMode }}
+{{- $secretName := include "signing-proxy.secretName" . }}
+{{- if $secretName }}
+- name: signing-proxy-secrets
+  secret:
+    secretName: {{ $secretName }}
+    defaultMode: {{ .values.secretDefaultMode }}
+{{- end }}
+- name: signing-proxy-tmp
+  emptyDir:
+    {{- with .values.tmpVolume.medium }}
+    medium: {{ . }}
+    {{- end }}
+    sizeLimit: {{ .values.tmpVolume.sizeLimit }}
+{{- end -}}
