@@ -6,6 +6,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
+from proxy.signers.aws_sigv4 import AwsSigV4Signer
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 from proxy.signers.bearer import BearerSigner
 from proxy.signers.devengo import DevengoSigner
@@ -23,6 +24,7 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     DevoTokenSigner,
     JscramblerSigner,
     DevengoSigner,
+    AwsSigV4Signer,
     # -- registry end --
 )
 
