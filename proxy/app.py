@@ -1,4 +1,4 @@
-"""Wiring: one request's way through routing -> signer -> forward, and the server's lifecycle.
+"""One request's way through routing -> signer -> forward.
 
 Everything built from a config load lives in one immutable `Runtime`; a request takes the
 runtime once when it arrives and keeps it to the end, so a reload (swap of the runtime) never
@@ -8,18 +8,14 @@ changes a request half-way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.admin import make_admin_app
-from proxy.config import Config, parse_host_port
+from proxy.config import Config
 from proxy.errors import ProxyError, error_response
 from proxy.exchange import Exchange
 from proxy.forward import CHUNK_SIZE, Forwarder, UpstreamAborted, UpstreamOptions, strip_hop_by_hop
@@ -199,76 +195,3 @@ def _access_log(exchange: Exchange, duration: float) -> None:
         error=exchange.error,
         aborted=exchange.aborted,
     )
-
-
-class ProxyServer:
-    """The proxy port and the admin port, started and drained together."""
-
-    def __init__(
-        self,
-        config: Config,
-        *,
-        listen: str | None = None,
-        admin: str | None = None,
-        shutdown_timeout: float = 20.0,
-    ) -> None:
-        self.runtime = Runtime.build(config)
-        self.listen = listen or config.listen
-        self.admin = admin or config.admin
-        self.shutdown_timeout = shutdown_timeout
-        self.metrics = Metrics()
-        self.forwarder = Forwarder()
-        self.handler = ProxyHandler(self.runtime, self.forwarder, self.metrics)
-        self.draining = False
-        self._runners: list[web.BaseRunner] = []
-
-    def is_ready(self) -> bool:
-        return not self.draining and self.handler.runtime.is_ready()
-
-    async def start(self) -> None:
-        await self.forwarder.start()
-        for route in self.runtime.table.routes:
-            await route.signer.start()
-        server = web.Server(self.handler, handler_cancellation=True, access_log=None)
-        proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
-        admin_runner = web.AppRunner(
-            make_admin_app(self.metrics.registry, self.is_ready), access_log=None
-        )
-        for runner, address in ((proxy_runner, self.listen), (admin_runner, self.admin)):
-            await runner.setup()
-            self._runners.append(runner)
-            host, port = parse_host_port(address)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-        log.info(
-            "started",
-            listen=self.listen,
-            admin=self.admin,
-            routes=[route.name for route in self.runtime.table.routes],
-        )
-
-    async def stop(self) -> None:
-        self.draining = True
-        for runner in reversed(self._runners):  # proxy first: in-flight requests finish
-            await runner.cleanup()
-        self._runners.clear()
-        for route in self.runtime.table.routes:
-            await route.signer.close()
-        await self.forwarder.close()
-
-    async def run_until_signalled(self, on_ready: Callable[[], Any] | None = None) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await self.start()
-            if on_ready is not None:
-                on_ready()
-            await stop.wait()
-            log.info("stopping", shutdown_timeout=self.shutdown_timeout)
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(ValueError):
-                    loop.remove_signal_handler(signum)
-            await self.stop()
-        log.info("stopped")

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
     )
+    run.add_argument(
+        "--drain-delay",
+        type=float,
+        default=3.0,
+        help="seconds to keep accepting after SIGTERM while /readyz fails, so the endpoint "
+        "leaves the load balancer first (default 3; SIGINT skips it)",
+    )
 
     check = commands.add_parser("check", help="validate a config and list its routes")
     check.add_argument("--config", required=True)
@@ -137,15 +144,20 @@ def _check(path: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proxy.app import ProxyServer
     from proxy.logs import configure_logging
+    from proxy.server import ProxyServer
 
     configure_logging(args.log_format)
     config = load_or_report(args.config)
     if config is None:
         return EXIT_CONFIG
     server = ProxyServer(
-        config, listen=args.listen, admin=args.admin, shutdown_timeout=args.shutdown_timeout
+        config,
+        config_path=args.config,
+        listen=args.listen,
+        admin=args.admin,
+        shutdown_timeout=args.shutdown_timeout,
+        drain_delay=args.drain_delay,
     )
     try:
         run_event_loop(server.run_until_signalled())

@@ -8,10 +8,10 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-from proxy.app import ProxyServer
 from proxy.cli import EXIT_CONFIG, load_or_report, run_event_loop
 from proxy.config import parse_host_port
 from proxy.logs import configure_logging
+from proxy.server import ProxyServer
 
 ECHO_ADDRESS = ("127.0.0.1", 8081)
 

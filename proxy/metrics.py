@@ -76,3 +76,22 @@ class Metrics:
         if exchange.route:
             self.request_body_bytes.labels(route).observe(exchange.bytes_in)
             self.response_body_bytes.labels(route).observe(exchange.bytes_out)
+
+
+class ReloadMetrics:
+    """Config reloads; kept apart so the request metrics stay one concern."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reloads = Counter(
+            "signing_proxy_config_reloads_total",
+            "Config reloads, by result (success or failure).",
+            ["result"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "signing_proxy_config_last_reload_success_timestamp_seconds",
+            "When the config in use was loaded (Unix time).",
+            registry=registry,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)

@@ -153,6 +153,8 @@ class ProxyProcess:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    drain_delay: float = 0.0
+    write_config: bool = True
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -171,7 +173,8 @@ class ProxyProcess:
 
     def start(self) -> ProxyProcess:
         config_path = self.workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(self.config))
+        if self.write_config:
+            config_path.write_text(yaml.safe_dump(self.config))
         env = {**os.environ, **self.env}
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -180,6 +183,7 @@ class ProxyProcess:
                 "--config", str(config_path),
                 "--listen", f"127.0.0.1:{self.port}",
                 "--admin", f"127.0.0.1:{self.admin_port}",
+                "--drain-delay", str(self.drain_delay),
                 *self.extra_args,
             ],
             stdout=self._log,

@@ -1,0 +1,193 @@
+"""The server's lifecycle: start both ports, reload the config, drain and stop.
+
+Reload (SIGHUP, or a change to the config file or a file it references): parse -> validate ->
+build -> swap. The new runtime replaces the old one in a single assignment; a request already
+running keeps the runtime it started with. An invalid config is logged problem by problem and
+the old one keeps serving.
+
+Drain (SIGTERM, as Kubernetes sends it): `/readyz` fails at once so the endpoint is taken out of
+rotation, new connections are still accepted for `drain_delay` seconds (endpoint removal takes a
+moment to reach every node), then the listener closes and in-flight requests get
+`shutdown_timeout` seconds to finish. SIGINT skips the delay (a person pressed Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.admin import make_admin_app
+from proxy.app import ProxyHandler, Runtime
+from proxy.config import Config, ConfigError, load_config, parse_host_port
+from proxy.forward import Forwarder
+from proxy.logs import get_logger
+from proxy.metrics import Metrics, ReloadMetrics
+from proxy.reload import ConfigWatcher, watched_files
+
+log = get_logger("signing_proxy")
+
+RELOAD_POLL_SECONDS = 0.5
+
+
+class ProxyServer:
+    """The proxy port and the admin port, started, reloaded and drained together."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | Path | None = None,
+        listen: str | None = None,
+        admin: str | None = None,
+        shutdown_timeout: float = 20.0,
+        drain_delay: float = 0.0,
+    ) -> None:
+        self.config_path = config_path
+        self.listen = listen or config.listen
+        self.admin = admin or config.admin
+        self.shutdown_timeout = shutdown_timeout
+        self.drain_delay = drain_delay
+        self.metrics = Metrics()
+        self.reload_metrics = ReloadMetrics(self.metrics.registry)
+        self.forwarder = Forwarder()
+        self.handler = ProxyHandler(Runtime.build(config), self.forwarder, self.metrics)
+        self.draining = False
+        self._runners: list[web.BaseRunner] = []
+        self._watcher: ConfigWatcher | None = None
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.handler.runtime
+
+    def is_ready(self) -> bool:
+        return not self.draining and self.runtime.is_ready()
+
+    async def start(self) -> None:
+        await self.forwarder.start()
+        for route in self.runtime.table.routes:
+            await route.signer.start()
+        server = web.Server(self.handler, handler_cancellation=True, access_log=None)
+        proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
+        admin_app = make_admin_app(self.metrics.registry, self.is_ready)
+        admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
+        for runner, address in ((proxy_runner, self.listen), (admin_runner, self.admin)):
+            await runner.setup()
+            self._runners.append(runner)
+            host, port = parse_host_port(address)
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        self.reload_metrics.last_success.set(time.time())
+        if self.config_path is not None:
+            paths = watched_files(self.runtime.config, self.config_path)
+            self._watcher = ConfigWatcher(
+                paths, lambda: self.reload("file change"), RELOAD_POLL_SECONDS
+            )
+            self._watcher.start()
+        log.info(
+            "started",
+            listen=self.listen,
+            admin=self.admin,
+            routes=[route.name for route in self.runtime.table.routes],
+        )
+
+    async def reload(self, reason: str) -> bool:
+        """Load the config file again; swap it in if valid. Returns whether it was applied."""
+        if self.config_path is None:
+            return False
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+                runtime = Runtime.build(config)
+            except ConfigError as err:
+                problems = [str(problem) for problem in err.problems]
+                return self._reload_failed(reason, problems)
+            except ValueError as err:  # a signer refused its config at build time
+                return self._reload_failed(reason, [str(err)])
+            for route in runtime.table.routes:
+                await route.signer.start()
+            old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+            self._warn_on_address_change(old.config, config)
+            if self._watcher is not None:
+                self._watcher.watch(watched_files(config, self.config_path))
+            self.reload_metrics.reloads.labels("success").inc()
+            self.reload_metrics.last_success.set(time.time())
+            log.info(
+                "config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes]
+            )
+            for route in old.table.routes:
+                await route.signer.close()
+            return True
+
+    def _reload_failed(self, reason: str, problems: list[str]) -> bool:
+        self.reload_metrics.reloads.labels("failure").inc()
+        log.error("config_reload_failed", reason=reason, problems=problems, kept="previous")
+        return False
+
+    @staticmethod
+    def _warn_on_address_change(old: Config, new: Config) -> None:
+        for key in ("listen", "admin"):
+            if getattr(old, key) != getattr(new, key):
+                log.warning(
+                    "config_restart_needed",
+                    key=key,
+                    configured=getattr(new, key),
+                    message=f"a change of {key} takes effect on restart only",
+                )
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._watcher is not None:
+            await self._watcher.stop()
+        for runner in self._runners:  # the proxy first: it waits for in-flight requests
+            await runner.cleanup()
+        self._runners.clear()
+        for route in self.runtime.table.routes:
+            await route.signer.close()
+        await self.forwarder.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    async def run_until_signalled(self, on_ready: Callable[[], Any] | None = None) -> None:
+        stop = asyncio.Event()
+        terminated = False
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        handlers: dict[signal.Signals, Callable[[], None]] = {
+            signal.SIGTERM: on_sigterm,
+            signal.SIGINT: stop.set,
+            signal.SIGHUP: lambda: self._spawn(self.reload("SIGHUP")),
+        }
+        for signum, callback in handlers.items():
+            loop.add_signal_handler(signum, callback)
+        try:
+            await self.start()
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+            self.draining = True  # readiness fails from this moment
+            delay = self.drain_delay if terminated else 0.0
+            log.info("draining", drain_delay=delay, shutdown_timeout=self.shutdown_timeout)
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            for signum in handlers:
+                with contextlib.suppress(ValueError):
+                    loop.remove_signal_handler(signum)
+            await self.stop()
+        log.info("stopped")
