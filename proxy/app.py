@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,7 +23,13 @@ from proxy.forward import CHUNK_SIZE, Forwarder, UpstreamAborted, UpstreamOption
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
-from proxy.signers import SigningContext, UpstreamRequest, build_signer
+from proxy.signers import (
+    CredentialsUnavailable,
+    OnCredentialRefresh,
+    SigningContext,
+    UpstreamRequest,
+    build_signer,
+)
 
 log = get_logger("signing_proxy")
 
@@ -41,8 +48,22 @@ class Runtime:
     options: dict[str, UpstreamOptions]
 
     @classmethod
-    def build(cls, config: Config) -> Runtime:
-        routes = [Route.compile(rc, build_signer(rc.signer)) for rc in config.routes]
+    def build(
+        cls,
+        config: Config,
+        on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
+    ) -> Runtime:
+        routes = [
+            Route.compile(
+                rc,
+                build_signer(
+                    rc.signer,
+                    route=rc.name,
+                    on_refresh=on_refresh_for(rc.name) if on_refresh_for else None,
+                ),
+            )
+            for rc in config.routes
+        ]
         options = {rc.name: UpstreamOptions.for_route(rc) for rc in config.routes}
         return cls(config=config, table=RouteTable(routes), options=options)
 
@@ -111,6 +132,10 @@ class ProxyHandler:
         upstream = prepare_upstream(match, request.method, target.query, request.headers, body)
         try:
             result = route.signer.sign(upstream, SigningContext.now())
+        except CredentialsUnavailable as err:
+            log.error("credentials_unavailable", route=route.name, reason=str(err))
+            message = "the route's credentials are not available yet; retry shortly"
+            raise ProxyError(503, "credentials_unavailable", message) from None
         except ValueError as err:  # signers raise ValueError with client-safe messages
             log.warning("signing_failed", route=route.name, reason=str(err))
             raise ProxyError(

@@ -227,6 +227,9 @@ class RouteConfig(_Model):
             if host is None or host.startswith("*."):
                 raise ValueError("upstream is required unless match.host is an exact host name")
             object.__setattr__(self, "upstream", f"https://{host}")
+        # A scheme may complete its settings from the upstream host (AWS: service and region).
+        upstream_host = self.upstream_url.raw_host or ""
+        object.__setattr__(self, "signer", self.signer.with_upstream_host(upstream_host))
         return self
 
     @property

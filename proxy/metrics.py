@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -95,3 +96,29 @@ class ReloadMetrics:
         )
         for result in ("success", "failure"):
             self.reloads.labels(result)
+
+
+class CredentialMetrics:
+    """Refreshes of expiring credentials (AWS default chain, assumed roles), per route."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refreshes = Counter(
+            "signing_proxy_credential_refresh_total",
+            "Credential refreshes, by route and result (success or error).",
+            ["route", "result"],
+            registry=registry,
+        )
+        self.expiry = Gauge(
+            "signing_proxy_credential_expiry_timestamp_seconds",
+            "When the route's current credentials expire (Unix time).",
+            ["route"],
+            registry=registry,
+        )
+
+    def callback(self, route: str) -> Callable[[str, float | None], None]:
+        def on_refresh(result: str, expiry: float | None) -> None:
+            self.refreshes.labels(route, result).inc()
+            if expiry is not None:
+                self.expiry.labels(route).set(expiry)
+
+        return on_refresh

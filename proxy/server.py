@@ -28,7 +28,7 @@ from proxy.app import ProxyHandler, Runtime
 from proxy.config import Config, ConfigError, load_config, parse_host_port
 from proxy.forward import Forwarder
 from proxy.logs import get_logger
-from proxy.metrics import Metrics, ReloadMetrics
+from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics
 from proxy.reload import ConfigWatcher, watched_files
 
 log = get_logger("signing_proxy")
@@ -56,8 +56,10 @@ class ProxyServer:
         self.drain_delay = drain_delay
         self.metrics = Metrics()
         self.reload_metrics = ReloadMetrics(self.metrics.registry)
+        self.credential_metrics = CredentialMetrics(self.metrics.registry)
         self.forwarder = Forwarder()
-        self.handler = ProxyHandler(Runtime.build(config), self.forwarder, self.metrics)
+        runtime = Runtime.build(config, self.credential_metrics.callback)
+        self.handler = ProxyHandler(runtime, self.forwarder, self.metrics)
         self.draining = False
         self._runners: list[web.BaseRunner] = []
         self._watcher: ConfigWatcher | None = None
@@ -105,7 +107,7 @@ class ProxyServer:
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
-                runtime = Runtime.build(config)
+                runtime = Runtime.build(config, self.credential_metrics.callback)
             except ConfigError as err:
                 problems = [str(problem) for problem in err.problems]
                 return self._reload_failed(reason, problems)

@@ -7,7 +7,15 @@ from typing import Annotated, Any, Union
 from pydantic import Field
 
 from proxy.signers.aws_sigv4 import AwsSigV4Signer
-from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+from proxy.signers.base import (
+    CredentialsUnavailable,
+    OnCredentialRefresh,
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SignResult,
+    UpstreamRequest,
+)
 from proxy.signers.bearer import BearerSigner
 from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
@@ -37,13 +45,17 @@ AnySignerConfig: Any = Annotated[
 ]
 
 
-def build_signer(config: SignerConfig) -> Signer:
-    return SIGNERS[config.scheme](config)  # type: ignore[call-arg]
+def build_signer(
+    config: SignerConfig, *, route: str = "", on_refresh: OnCredentialRefresh | None = None
+) -> Signer:
+    return SIGNERS[config.scheme].create(config, route=route, on_refresh=on_refresh)
 
 
 __all__ = [
     "SIGNERS",
     "AnySignerConfig",
+    "CredentialsUnavailable",
+    "OnCredentialRefresh",
     "SignResult",
     "Signer",
     "SignerConfig",

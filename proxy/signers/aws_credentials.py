@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from proxy.signers.base import CredentialsUnavailable
+
 logger = logging.getLogger(__name__)
 
 _MASK: Final = "**********"
@@ -53,7 +55,7 @@ OnRefresh = Callable[[str, float | None], None]
 """`on_refresh(result, expiry)`: result is "success" or "error"; expiry in epoch seconds."""
 
 
-class CredentialsUnavailableError(RuntimeError):
+class CredentialsUnavailableError(CredentialsUnavailable, RuntimeError):
     """No usable credentials now (not fetched yet, or expired and not refreshed)."""
 
 

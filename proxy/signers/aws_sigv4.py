@@ -48,7 +48,14 @@ from proxy.signers.aws_credentials import (
     build_credential_source,
     sts_session_name,
 )
-from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+from proxy.signers.base import (
+    OnCredentialRefresh,
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SignResult,
+    UpstreamRequest,
+)
 
 # -- protocol constants -------------------------------------------------------------------------
 
@@ -603,6 +610,7 @@ class AwsSigV4Signer(Signer):
     scheme = "aws-sigv4"
     config_model = AwsSigV4Config
     requires_request_body = True  # per config: see needs_body()
+    public_fields = frozenset({"access_key_id"})  # sent in clear in Credential=
 
     def __init__(
         self,
@@ -645,6 +653,13 @@ class AwsSigV4Signer(Signer):
                 on_refresh=on_refresh,
             )
         self.credentials = credential_source
+
+    @classmethod
+    def create(
+        cls, config: SignerConfig, *, route: str, on_refresh: OnCredentialRefresh | None
+    ) -> Signer:
+        assert isinstance(config, AwsSigV4Config)
+        return cls(config, route=route, on_refresh=on_refresh)
 
     def needs_body(self, method: str) -> bool:
         return not self._unsigned_payload

@@ -13,12 +13,20 @@ import dataclasses
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict
+
+OnCredentialRefresh = Callable[[str, float | None], None]
+"""`(result, expiry)`: a scheme with expiring credentials reports each refresh ("success" or
+"error") and the new expiry (Unix seconds, None if unknown)."""
+
+
+class CredentialsUnavailable(Exception):
+    """The scheme has no usable credentials right now (503, not the app's fault)."""
 
 
 class SignerConfig(BaseModel):
@@ -27,6 +35,10 @@ class SignerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scheme: str
+
+    def with_upstream_host(self, host: str) -> Self:
+        """The config completed from the route's upstream host (AWS derives its region)."""
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,13 @@ class Signer(ABC):
     # Credential fields that are identifiers sent in clear on every request (an API key id, a
     # DevResults token): `signing-proxy sign` shows them. Every other credential is redacted.
     public_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def create(
+        cls, config: SignerConfig, *, route: str, on_refresh: OnCredentialRefresh | None
+    ) -> Signer:
+        """Build the signer of `route`. Schemes with refreshing credentials override this."""
+        return cls(config)  # type: ignore[call-arg]
 
     def needs_body(self, method: str) -> bool:
         """Whether this request's body must be read before signing (per method, e.g. POST)."""
