@@ -1,0 +1,75 @@
+"""The chart agrees with itself and with the program (scripts/check-deploy.sh).
+
+1. Every value of values.yaml is documented in README.md: its dotted path appears in
+   backticks, e.g. `image.tag`. The chart's own settings are checked leaf by leaf; free-form
+   Kubernetes objects (resources, securityContext, probes, ...) are documented as a whole.
+2. config.secretFields names every credential field of every signing scheme the installed
+   signing-proxy knows, so the chart's literal-credential guard cannot fall behind a new scheme.
+
+Usage: chart_consistency.py CHART_DIR   (run with a Python that has signing-proxy installed)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Maps whose children are the chart's own settings; any other map is documented as one value.
+STRUCTURED = {
+    "image", "proxy", "config", "secret", "tmpVolume", "sidecar", "serviceAccount", "service",
+    "autoscaling", "podDisruptionBudget", "serviceMonitor", "podMonitor", "networkPolicy",
+    "networkPolicy.egress",
+}  # fmt: skip
+
+
+def paths(values: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path in STRUCTURED:
+            out.extend(paths(value, path + "."))
+        else:
+            out.append(path)
+    return out
+
+
+def undocumented(chart: Path, values: dict[str, Any]) -> list[str]:
+    readme = (chart / "README.md").read_text()
+    keys = paths(values)
+    missing = [key for key in keys if f"`{key}`" not in readme]
+    for key in missing:
+        print(f"  not documented in {chart}/README.md: {key}")
+    print(f"  {len(keys) - len(missing)} of {len(keys)} values documented in README.md")
+    return missing
+
+
+def unguarded(values: dict[str, Any]) -> list[str]:
+    from proxy.secrets import Secret
+    from proxy.signers import SIGNER_CLASSES
+
+    guarded = set(values["config"]["secretFields"])
+    fields = {
+        f"{cls.scheme}.{name}"
+        for cls in SIGNER_CLASSES
+        for name, field in cls.config_model.model_fields.items()
+        if field.annotation is Secret or "proxy.secrets.Secret" in repr(field.annotation)
+    }
+    missing = sorted(f for f in fields if f.partition(".")[2] not in guarded)
+    for field in missing:
+        print(f"  credential field not in config.secretFields: {field}")
+    print(f"  {len(fields) - len(missing)} of {len(fields)} credential fields guarded")
+    return missing
+
+
+def main() -> int:
+    chart = Path(sys.argv[1])
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    missing = undocumented(chart, values) + unguarded(values)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
