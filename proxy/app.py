@@ -16,10 +16,12 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.access import AccessPolicy
 from proxy.config import Config
 from proxy.errors import ProxyError, error_response
 from proxy.exchange import Exchange
 from proxy.forward import CHUNK_SIZE, Forwarder, UpstreamAborted, UpstreamOptions, strip_hop_by_hop
+from proxy.limits import RouteLimits
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
@@ -46,6 +48,8 @@ class Runtime:
     config: Config
     table: RouteTable
     options: dict[str, UpstreamOptions]
+    limits: dict[str, RouteLimits]
+    access: AccessPolicy | None
 
     @classmethod
     def build(
@@ -64,8 +68,13 @@ class Runtime:
             )
             for rc in config.routes
         ]
-        options = {rc.name: UpstreamOptions.for_route(rc) for rc in config.routes}
-        return cls(config=config, table=RouteTable(routes), options=options)
+        return cls(
+            config=config,
+            table=RouteTable(routes),
+            options={rc.name: UpstreamOptions.for_route(rc) for rc in config.routes},
+            limits={rc.name: RouteLimits.for_route(rc) for rc in config.routes},
+            access=AccessPolicy.from_config(config.access),
+        )
 
     def is_ready(self) -> bool:
         return all(route.signer.is_ready() for route in self.table.routes)
@@ -87,7 +96,7 @@ class ProxyHandler:
             return await self._handle(request, runtime, exchange)
         except ProxyError as err:
             exchange.status, exchange.error = err.status, err.code
-            return error_response(err.status, err.code, err.message, exchange.route)
+            return error_response(err.status, err.code, err.message, exchange.route, err.headers)
         except UpstreamAborted as err:
             exchange.aborted = True
             log.warning("response_aborted", route=exchange.route, reason=str(err))
@@ -106,6 +115,8 @@ class ProxyHandler:
     async def _handle(
         self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
     ) -> web.StreamResponse:
+        if runtime.access is not None:
+            runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
         if request.method == "CONNECT":
             raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
         try:
@@ -122,34 +133,61 @@ class ProxyHandler:
                 f"no route matches host {host!r} and path {target.path!r}; "
                 "this proxy only forwards to the routes in its config",
             )
+        exchange.route = match.route.name
+        limits = runtime.limits[match.route.name]
+        if (wait := limits.retry_after()) is not None:
+            raise ProxyError(
+                429,
+                "rate_limited",
+                "this route's rate limit is exhausted",
+                headers={"Retry-After": str(wait)},
+            )
+        if not limits.try_enter():
+            raise ProxyError(503, "concurrency_limited", "this route is at its max_concurrent")
+        try:
+            return await self._sign_and_forward(request, runtime, match, target.query, exchange)
+        finally:
+            limits.leave()
+
+    async def _sign_and_forward(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        match: RouteMatch,
+        query: str,
+        exchange: Exchange,
+    ) -> web.StreamResponse:
         route = match.route
-        exchange.route = route.name
         body = None
         if route.signer.needs_body(request.method):
             body = await read_body(request, route.config.max_body_bytes)
         else:
             await _send_continue(request)
-        upstream = prepare_upstream(match, request.method, target.query, request.headers, body)
-        try:
-            result = route.signer.sign(upstream, SigningContext.now())
-        except CredentialsUnavailable as err:
-            log.error("credentials_unavailable", route=route.name, reason=str(err))
-            message = "the route's credentials are not available yet; retry shortly"
-            raise ProxyError(503, "credentials_unavailable", message) from None
-        except ValueError as err:  # signers raise ValueError with client-safe messages
-            log.warning("signing_failed", route=route.name, reason=str(err))
-            raise ProxyError(
-                500, "signing_failed", f"the request cannot be signed: {err}"
-            ) from None
-        except Exception as err:
-            log.error("signing_failed", route=route.name, error_type=type(err).__name__)
-            raise ProxyError(500, "signing_failed", "the request cannot be signed") from None
-        if "warning" in result.details:
-            log.warning("signing_warning", route=route.name, warning=result.details["warning"])
-        signed = result.request
-        if signed.body is not None:
-            signed = signed.with_headers({"Content-Length": str(len(signed.body))})
+        upstream = prepare_upstream(match, request.method, query, request.headers, body)
+        signed = sign(route, upstream)
         return await self.forwarder.forward(request, signed, runtime.options[route.name], exchange)
+
+
+def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:
+    """Sign `upstream` now with a fresh nonce; every failure becomes a ProxyError."""
+    try:
+        result = route.signer.sign(upstream, SigningContext.now())
+    except CredentialsUnavailable as err:
+        log.error("credentials_unavailable", route=route.name, reason=str(err))
+        message = "the route's credentials are not available yet; retry shortly"
+        raise ProxyError(503, "credentials_unavailable", message) from None
+    except ValueError as err:  # signers raise ValueError with client-safe messages
+        log.warning("signing_failed", route=route.name, reason=str(err))
+        raise ProxyError(500, "signing_failed", f"the request cannot be signed: {err}") from None
+    except Exception as err:
+        log.error("signing_failed", route=route.name, error_type=type(err).__name__)
+        raise ProxyError(500, "signing_failed", "the request cannot be signed") from None
+    if "warning" in result.details:
+        log.warning("signing_warning", route=route.name, warning=result.details["warning"])
+    signed = result.request
+    if signed.body is not None:
+        signed = signed.with_headers({"Content-Length": str(len(signed.body))})
+    return signed
 
 
 def prepare_upstream(

@@ -7,14 +7,24 @@ load time (`proxy.secrets`), and each problem carries the YAML line it comes fro
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from yarl import URL
 
+from proxy.secrets import SecretValue
 from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
@@ -178,6 +188,38 @@ def _check_header_name(name: str) -> None:
         raise ValueError(f"{name} is managed by the proxy and cannot be edited")
 
 
+class RateLimitConfig(_Model):
+    requests_per_second: float = Field(gt=0, description="Sustained requests per second.")
+    burst: int | None = Field(
+        default=None, ge=1, description="Requests allowed at once above the rate (default: rps)."
+    )
+
+    @model_validator(mode="after")
+    def _default_burst(self) -> RateLimitConfig:
+        if self.burst is None:
+            object.__setattr__(self, "burst", max(1, math.ceil(self.requests_per_second)))
+        return self
+
+
+class AccessConfig(_Model):
+    """Who may use the proxy (shared deployments). Both given: both must pass."""
+
+    allow_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="Client networks (CIDR) allowed; others get 403."
+    )
+    proxy_token: SecretValue | None = Field(
+        default=None,
+        description="Token clients must send as Proxy-Authorization (Bearer, or Basic "
+        "password); others get 407.",
+    )
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> AccessConfig:
+        if not self.allow_networks and self.proxy_token is None:
+            raise ValueError("access needs allow_networks and/or proxy_token")
+        return self
+
+
 class RouteConfig(_Model):
     name: str = Field(description="Unique route name [a-z0-9_-]+: the label in metrics and logs.")
     match: MatchConfig
@@ -195,6 +237,12 @@ class RouteConfig(_Model):
     )
     tls: TlsConfig = TlsConfig()
     headers: HeadersConfig = HeadersConfig()
+    max_concurrent: int | None = Field(
+        default=None, gt=0, description="Requests in flight at once; 503 above (default: none)."
+    )
+    rate_limit: RateLimitConfig | None = Field(
+        default=None, description="Token bucket; 429 with Retry-After above (default: none)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -242,6 +290,9 @@ class Config(_Model):
     listen: str = Field(default=DEFAULT_LISTEN, description="Proxy address HOST:PORT.")
     admin: str = Field(
         default=DEFAULT_ADMIN, description="Admin address HOST:PORT (/metrics, /healthz, /readyz)."
+    )
+    access: AccessConfig | None = Field(
+        default=None, description="Client networks and/or a proxy token (shared deployments)."
     )
     routes: list[RouteConfig] = Field(min_length=1, description="First match wins.")
 

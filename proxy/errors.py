@@ -9,14 +9,23 @@ from aiohttp import web
 class ProxyError(Exception):
     """An error the proxy answers itself. `message` is shown to the client: never a secret."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, route: str | None = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    route: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body: dict[str, str | None] = {"code": code, "message": message}
     if route is not None:
         body["route"] = route
@@ -24,5 +33,5 @@ def error_response(status: int, code: str, message: str, route: str | None = Non
         status=status,
         body=orjson.dumps({"error": body}),
         content_type="application/json",
-        headers={"Cache-Control": "no-store"},
+        headers={"Cache-Control": "no-store", **(headers or {})},
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.access import is_loopback
 from proxy.admin import make_admin_app
 from proxy.app import ProxyHandler, Runtime
 from proxy.config import Config, ConfigError, load_config, parse_host_port
@@ -93,6 +94,15 @@ class ProxyServer:
                 paths, lambda: self.reload("file change"), RELOAD_POLL_SECONDS
             )
             self._watcher.start()
+        listen_host, _ = parse_host_port(self.listen)
+        if not is_loopback(listen_host) and self.runtime.config.access is None:
+            log.warning(
+                "open_listener",
+                listen=self.listen,
+                message="listening beyond loopback with no access rules: anyone who can reach "
+                "this address can use every route's credentials. Set access.allow_networks "
+                "and/or access.proxy_token, or listen on 127.0.0.1.",
+            )
         log.info(
             "started",
             listen=self.listen,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -167,7 +168,7 @@ async def test_signer_failure_is_500_and_never_forwarded(
         base = Runtime.build(config)
         route = base.table.routes[0]
         broken = Route.compile(route.config, _BrokenSigner(error))
-        runtime = Runtime(config=config, table=RouteTable([broken]), options=base.options)
+        runtime = dataclasses.replace(base, table=RouteTable([broken]))
         forwarder = Forwarder()
         await forwarder.start()
         runner = web.ServerRunner(web.Server(ProxyHandler(runtime, forwarder, Metrics())))
