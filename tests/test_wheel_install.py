@@ -2,17 +2,25 @@
 
 Builds the wheel from the files the Dockerfile copies, installs it into a fresh venv with the
 Dockerfile's own commands (asserted to be in the Dockerfile, so the two cannot drift), then
-runs the console script from that venv: `--version`, and `check` on config/demo.yaml and on
-an invalid config. Needs PyPI (or the machine's wheel mirror) for the dependencies.
+runs the console script from that venv: `--version`, `check` on config/demo.yaml and on an
+invalid config, and `run` as the image runs it: the HEALTHCHECK command passes, the probe
+endpoints answer, SIGTERM ends it with exit 0 within the drain timeout. Needs PyPI (or the
+machine's wheel mirror) for the dependencies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -123,3 +131,74 @@ def test_check_rejects_invalid_config(installed: Path, tmp_path: Path) -> None:
         f"{installed}/signing-proxy check --config {bad}", cwd=tmp_path, env=clean_env(installed)
     )
     assert result.returncode == 2, result.stdout + result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def healthcheck_command(admin_port: int) -> list[str]:
+    """The Dockerfile's HEALTHCHECK CMD (exec form), aimed at our admin port."""
+    match = re.search(r"^\s*CMD (\[.*\])\s*$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert match, "no exec-form HEALTHCHECK CMD in the Dockerfile"
+    command = [
+        arg.replace("127.0.0.1:9090", f"127.0.0.1:{admin_port}")
+        for arg in json.loads(match.group(1))
+    ]
+    assert command[0] == "python"
+    return command
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+def test_runs_like_the_image(installed: Path, tmp_path: Path) -> None:
+    """The ENTRYPOINT + CMD shape, on free ports: healthy, ready, scraped, drained on SIGTERM."""
+    proxy_port, admin_port = free_port(), free_port()
+    env = clean_env(installed)
+    process = subprocess.Popen(
+        [
+            f"{installed}/signing-proxy", "run", "--config", str(DEMO_CONFIG),
+            "--listen", f"127.0.0.1:{proxy_port}", "--admin", f"127.0.0.1:{admin_port}",
+            "--shutdown-timeout", "5",
+        ],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while get_or_none(admin_port, "/readyz") != 200:
+            assert process.poll() is None, f"exited early: {process.communicate()}"
+            assert time.monotonic() < deadline, "not ready within 30 s"
+            time.sleep(0.2)
+        # As Docker runs it: `python` from PATH, which the image points at the venv.
+        health = subprocess.run(
+            healthcheck_command(admin_port),
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert health.returncode == 0, health.stderr
+        assert get(admin_port, "/healthz")[0] == 200
+        status, metrics = get(admin_port, "/metrics")
+        assert status == 200
+        assert "# TYPE" in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, stderr
+
+
+def get_or_none(port: int, path: str) -> int | None:
+    try:
+        return get(port, path)[0]
+    except OSError:
+        return None
