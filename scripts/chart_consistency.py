@@ -3,8 +3,9 @@
 1. Every value of values.yaml is documented in README.md: its dotted path appears in
    backticks, e.g. `image.tag`. The chart's own settings are checked leaf by leaf; free-form
    Kubernetes objects (resources, securityContext, probes, ...) are documented as a whole.
-2. config.secretFields names every credential field of every signing scheme the installed
-   signing-proxy knows, so the chart's literal-credential guard cannot fall behind a new scheme.
+2. config.secretFields names every credential field of the installed signing-proxy's config
+   (every signing scheme, access.proxy_token, ...), so the chart's literal-credential guard
+   cannot fall behind a new scheme or setting.
 
 Usage: chart_consistency.py CHART_DIR   (run with a Python that has signing-proxy installed)
 """
@@ -12,6 +13,8 @@ Usage: chart_consistency.py CHART_DIR   (run with a Python that has signing-prox
 from __future__ import annotations
 
 import sys
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +49,38 @@ def undocumented(chart: Path, values: dict[str, Any]) -> list[str]:
     return missing
 
 
-def unguarded(values: dict[str, Any]) -> list[str]:
-    from proxy.secrets import Secret
-    from proxy.signers import SIGNER_CLASSES
+def _models_in(annotation: Any) -> Iterator[type]:
+    from pydantic import BaseModel
 
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
+
+
+def credential_fields() -> set[str]:
+    """model.field for every secret-valued field reachable from the config's root model."""
+    from proxy.config import Config
+    from proxy.secrets import Secret
+
+    found: set[str] = set()
+    todo, seen = [Config], set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if field.annotation is Secret or "proxy.secrets.Secret" in repr(field.annotation):
+                found.add(f"{model.__name__}.{name}")
+            else:
+                todo.extend(_models_in(field.annotation))
+    return found
+
+
+def unguarded(values: dict[str, Any]) -> list[str]:
     guarded = set(values["config"]["secretFields"])
-    fields = {
-        f"{cls.scheme}.{name}"
-        for cls in SIGNER_CLASSES
-        for name, field in cls.config_model.model_fields.items()
-        if field.annotation is Secret or "proxy.secrets.Secret" in repr(field.annotation)
-    }
+    fields = credential_fields()
     missing = sorted(f for f in fields if f.partition(".")[2] not in guarded)
     for field in missing:
         print(f"  credential field not in config.secretFields: {field}")

@@ -141,9 +141,11 @@ refuse "a literal credential in a route" "literal credential" \
     'config: {routes: [{name: r, match: {host: a.example.com}, signer: {scheme: bearer, token: abc}}]}'
 refuse "an {env: ...} credential" "uses {env: ...}" \
     'config: {routes: [{name: r, match: {host: a.example.com}, signer: {scheme: bearer, token: {env: TOKEN}}}]}'
+refuse "a literal proxy_token in config.extraConfig.access" "config.extraConfig.access.proxy_token is a literal" \
+    'config: {extraConfig: {access: {proxy_token: abc}}}'
 refuse "no routes and no existingConfigMap" "no routes" 'config: {routes: []}'
 refuse "a drain longer than the grace period" "must be below terminationGracePeriodSeconds" \
-    'proxy: {shutdownTimeoutSeconds: 30}'
+    'proxy: {shutdownTimeoutSeconds: 27}'
 refuse "existingSecret together with secret.create" "not both" \
     'secret: {create: true, stringData: {a: b}}'
 refuse "an unknown value (values.schema.json)" "additional properties" 'replicas: 3'

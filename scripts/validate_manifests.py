@@ -202,8 +202,12 @@ def check_lifecycle(
             json.dumps(get),
         )
     grace = spec.get("terminationGracePeriodSeconds", 30)
+    delay = float(arg_value(c, "--drain-delay") or 3)  # the program's defaults: 3 s, 20 s
     timeout = float(arg_value(c, "--shutdown-timeout") or 20)
-    report.check(timeout < grace, f"{who}: --shutdown-timeout {timeout:g} < grace {grace}")
+    report.check(
+        delay + timeout < grace,
+        f"{who}: --drain-delay {delay:g} + --shutdown-timeout {timeout:g} < grace {grace}",
+    )
     # A sidecar's signing port is for its own pod only.
     others = [x for x in spec.get("containers") or [] if x.get("command", [])[:3] != PROXY_COMMAND]
     if where == "initContainers" or others:

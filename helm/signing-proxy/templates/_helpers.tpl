@@ -69,6 +69,12 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* Seconds the proxy keeps accepting after SIGTERM: the flag's value, or the program's
+default (3) when the chart does not pass --drain-delay. */}}
+{{- define "signing-proxy.drainDelay" -}}
+{{- if kindIs "invalid" .values.proxy.drainDelaySeconds -}}3{{- else -}}{{ .values.proxy.drainDelaySeconds }}{{- end -}}
+{{- end -}}
+
 {{/* The config file rendered from values. */}}
 {{- define "signing-proxy.configYaml" -}}
 {{- $config := deepCopy (default (dict) .values.config.extraConfig) -}}
@@ -85,8 +91,9 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- if and $v.existingSecret $v.secret.create -}}
 {{- fail "set existingSecret or secret.create, not both" -}}
 {{- end -}}
-{{- if ge (int $v.proxy.shutdownTimeoutSeconds) (int $v.terminationGracePeriodSeconds) -}}
-{{- fail (printf "proxy.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
+{{- $drain := addf (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds -}}
+{{- if ge $drain (float64 $v.terminationGracePeriodSeconds) -}}
+{{- fail (printf "proxy.drainDelaySeconds (%s) + proxy.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
 {{- end -}}
 {{- if not $v.existingConfigMap -}}
 {{- if not $v.config.routes -}}
@@ -99,16 +106,32 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- if not (kindIs "map" $route) -}}
 {{- fail (printf "config.routes[%d] must be a map" $i) -}}
 {{- end -}}
-{{- $signer := default (dict) (get $route "signer") -}}
-{{- range $field, $value := $signer -}}
-{{- $where := printf "config.routes[%d] (%s): signer.%s" $i (toString (get $route "name")) $field -}}
+{{- include "signing-proxy.scanSecrets" (dict "node" $route "path" (printf "config.routes[%d]" $i) "values" $v) -}}
+{{- end -}}
+{{- include "signing-proxy.scanSecrets" (dict "node" (default (dict) $v.config.extraConfig) "path" "config.extraConfig" "values" $v) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Walks a piece of config: fails on {env: ...} anywhere (the value would have to be in the
+manifest) and on a literal under a key named in config.secretFields (it would land in the
+ConfigMap). Context: node, path, values. */}}
+{{- define "signing-proxy.scanSecrets" -}}
+{{- $v := .values -}}
+{{- $path := .path -}}
+{{- if kindIs "map" .node -}}
+{{- range $key, $value := .node -}}
+{{- $where := printf "%s.%s" $path $key -}}
 {{- if and (kindIs "map" $value) (hasKey $value "env") -}}
 {{- fail (printf "%s uses {env: ...}; in Kubernetes put the credential in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
-{{- end -}}
-{{- if and (kindIs "string" $value) (has $field $v.config.secretFields) (not $v.config.allowInlineSecrets) -}}
+{{- else if and (kindIs "string" $value) (has $key $v.config.secretFields) (not $v.config.allowInlineSecrets) -}}
 {{- fail (printf "%s is a literal credential, which would land in a ConfigMap; put it in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
+{{- else -}}
+{{- include "signing-proxy.scanSecrets" (dict "node" $value "path" $where "values" $v) -}}
 {{- end -}}
 {{- end -}}
+{{- else if kindIs "slice" .node -}}
+{{- range $i, $item := .node -}}
+{{- include "signing-proxy.scanSecrets" (dict "node" $item "path" (printf "%s[%d]" $path $i) "values" $v) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -163,6 +186,10 @@ The proxy container, shared by the Deployment and the sidecar. Extra context key
     - {{ $v.proxy.logFormat | quote }}
     - --shutdown-timeout
     - {{ $v.proxy.shutdownTimeoutSeconds | quote }}
+    {{- if not (kindIs "invalid" $v.proxy.drainDelaySeconds) }}
+    - --drain-delay
+    - {{ $v.proxy.drainDelaySeconds | quote }}
+    {{- end }}
     {{- range $v.proxy.extraArgs }}
     - {{ . | quote }}
     {{- end }}
