@@ -41,11 +41,19 @@ RUN groupadd --system --gid 10001 signing-proxy \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin signing-proxy
 
+# Optional extras of the wheel, e.g. --build-arg EXTRAS=aws for botocore: aws-sigv4 routes
+# that take credentials from botocore's chain (IRSA, EKS Pod Identity, instance roles) or
+# assume a role need it; static keys from files do not.
+ARG EXTRAS=""
+
 # The wheel is bind-mounted from the builder, so no build tree or wheel stays in a layer.
 # pip is removed afterwards: nothing installs at run time.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
+ && if [ -n "$EXTRAS" ]; then \
+        set -- /wheels/*.whl && /opt/venv/bin/pip install --no-cache-dir "$1[$EXTRAS]"; \
+    fi \
  && /opt/venv/bin/pip uninstall --yes pip \
  && signing-proxy --version
 
@@ -60,6 +68,8 @@ EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=3).status == 200 else 1)"]
 
-# SIGTERM (the default stop signal) makes the proxy fail readiness, drain and exit 0.
+# SIGTERM (the default stop signal) makes the proxy fail readiness, keep accepting for the
+# drain delay (3 s), give in-flight requests --shutdown-timeout (20 s), and exit 0. Docker's
+# default stop timeout is 10 s: use `docker stop -t 30` / compose `stop_grace_period: 30s`.
 ENTRYPOINT ["signing-proxy", "run", "--config", "/etc/signing-proxy/config.yaml"]
 CMD ["--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9090"]
