@@ -218,11 +218,14 @@ def test_drain_on_sigterm(
     tmp_path: Path,
     slow_gate: threading.Event,
 ) -> None:
+    import socket
+
+    upstream.handlers["/long"] = _sleeper(upstream, 4.0)
     proxy = _start(upstream, volumes, tmp_path, drain_delay=1.0, extra_args=[])
     assert proxy.process is not None
     with ThreadPoolExecutor(2) as pool:
-        pending = pool.submit(requests.get, f"{proxy.url}/a/slow", timeout=30)
-        assert slow_gate.wait(10)
+        pending = pool.submit(requests.get, f"{proxy.url}/a/long", timeout=30)
+        assert _wait_for(upstream.slow_started.is_set, 10)  # type: ignore[attr-defined]
         started = time.monotonic()
         proxy.process.send_signal(signal.SIGTERM)
         # Readiness fails at once, while the in-flight request is still running.
@@ -230,8 +233,19 @@ def test_drain_on_sigterm(
             lambda: requests.get(f"{proxy.admin_url}/readyz", timeout=2).status_code == 503,
             timeout=1.0,
         )
-        # During the drain delay new requests are still served.
+        # During the drain delay new requests are still served ...
         assert requests.get(f"{proxy.url}/a/x", timeout=5).status_code == 200
+
+        # ... after it the listener is closed, while the slow request is still in flight.
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        assert _wait_for(refused, timeout=2.5)
+        assert not pending.done()
         response = pending.result()
         code = proxy.process.wait(30)
     assert response.status_code == 200
@@ -239,3 +253,14 @@ def test_drain_on_sigterm(
     assert time.monotonic() - started < 20  # well inside --shutdown-timeout
     assert _events(proxy, "draining")[0]["drain_delay"] == 1.0
     proxy._log.close()
+
+
+def _sleeper(upstream: Upstream, seconds: float) -> Any:
+    upstream.slow_started = threading.Event()  # type: ignore[attr-defined]
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        upstream.slow_started.set()  # type: ignore[attr-defined]
+        await asyncio.sleep(seconds)
+        return await upstream.echo(request)
+
+    return handler
