@@ -15,7 +15,8 @@ What the proxy sends and signs:
   `signed_headers`; never hop-by-hop or tracing headers (`NEVER_SIGNED`).
 - `Host` is set to the signed value: `sign_host`, or the host dialled without a default port.
 - The query goes out re-encoded exactly as it is canonicalised (RFC 3986, order kept), so the
-  service cannot read it differently from the signature; `+` is a literal plus, never a space.
+  service cannot read it differently from the signature. A raw `+` in the app's query is a
+  space, as form encoders (and Envoy's signer) mean it; a literal plus arrives as `%2B`.
 - Non-S3 services: the path is sent as received and signed normalised (dot segments and empty
   segments removed) and encoded once more (`%20` -> `%2520`).
   S3 (`S3_SERVICES`): no normalisation, single encoding; the path goes out in that encoding, and
@@ -239,9 +240,13 @@ def canonical_uri(path: str, *, s3: bool) -> str:
 
 
 def parse_query(query: str) -> list[QueryPair]:
-    """Split a raw query into decoded pairs (order kept; empty items between `&&` dropped)."""
+    """Split a raw query into decoded pairs (order kept; empty items between `&&` dropped).
+
+    `+` is a space: most HTTP clients form-encode query values (`requests`' `params=`), and the
+    query goes out re-encoded as `%20` or `%2B`, so the service reads exactly what was signed.
+    """
     pairs: list[QueryPair] = []
-    for item in query.split("&"):
+    for item in query.replace("+", "%20").split("&"):
         if not item:
             continue
         key, sep, value = item.partition("=")

@@ -250,13 +250,19 @@ def test_signed_payload_needs_the_body() -> None:
 
 
 def test_query_is_canonicalised_and_sent_in_that_encoding() -> None:
-    raw = "b=2&a=1&a=0&plus=a+b&sp=a%20b&tilde=%7E&star=*&bad=%zz&flag&&empty=&%e2%82%ac=eur"
+    # A raw `+` is a form-encoded space; a literal plus arrives as %2B.
+    raw = (
+        "b=2&a=1&a=0&plus=a%2Bb&form=a+b&sp=a%20b&tilde=%7E&star=*&bad=%zz&flag&&empty="
+        "&%e2%82%ac=eur"
+    )
     result = signer().sign(request(f"https://example.amazonaws.com/?{raw}"), CTX)
     assert creq_lines(result)[2] == (
-        "%E2%82%AC=eur&a=0&a=1&b=2&bad=%25zz&empty=&flag=&plus=a%2Bb&sp=a%20b&star=%2A&tilde=~"
+        "%E2%82%AC=eur&a=0&a=1&b=2&bad=%25zz&empty=&flag=&form=a%20b&plus=a%2Bb&sp=a%20b"
+        "&star=%2A&tilde=~"
     )
     assert result.request.query == (
-        "b=2&a=1&a=0&plus=a%2Bb&sp=a%20b&tilde=~&star=%2A&bad=%25zz&flag&empty=&%E2%82%AC=eur"
+        "b=2&a=1&a=0&plus=a%2Bb&form=a%20b&sp=a%20b&tilde=~&star=%2A&bad=%25zz&flag&empty="
+        "&%E2%82%AC=eur"
     )
     verify_with_botocore(result, service="service")
 
