@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
     )
     run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the listening socket (SO_REUSEPORT); one admin port "
+        "serves all their metrics (default 1)",
+    )
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument(
         "--drain-delay",
         type=float,
         default=3.0,
@@ -151,6 +159,11 @@ def _run(args: argparse.Namespace) -> int:
     config = load_or_report(args.config)
     if config is None:
         return EXIT_CONFIG
+    if args.workers < 1:
+        print("signing-proxy: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.workers > 1:
+        return _run_workers(args, config)
     server = ProxyServer(
         config,
         config_path=args.config,
@@ -158,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         admin=args.admin,
         shutdown_timeout=args.shutdown_timeout,
         drain_delay=args.drain_delay,
+        worker=args.worker,
     )
     try:
         run_event_loop(server.run_until_signalled())
@@ -165,6 +179,31 @@ def _run(args: argparse.Namespace) -> int:
         print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_workers(args: argparse.Namespace, config: Config) -> int:
+    from proxy.workers import Supervisor
+
+    supervisor = Supervisor(
+        config_path=args.config,
+        listen=args.listen or config.listen,
+        admin=args.admin or config.admin,
+        workers=args.workers,
+        log_format=args.log_format,
+        shutdown_timeout=args.shutdown_timeout,
+        drain_delay=args.drain_delay,
+    )
+    codes: list[int] = []
+
+    async def main() -> None:
+        codes.append(await supervisor.run())
+
+    try:
+        run_event_loop(main())
+    except OSError as err:
+        print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
+        return 1
+    return codes[0] if codes else 1
 
 
 def run_event_loop(main_coroutine: object) -> None:

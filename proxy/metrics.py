@@ -43,8 +43,12 @@ class Metrics:
             ["route", "code"],
             registry=r,
         )
+        # multiprocess_mode: how `--workers N` combines the workers' values (ignored otherwise).
         self.in_flight = Gauge(
-            "signing_proxy_in_flight_requests", "Requests being handled now.", registry=r
+            "signing_proxy_in_flight_requests",
+            "Requests being handled now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.request_body_bytes = Histogram(
             "signing_proxy_request_body_bytes",
@@ -61,7 +65,11 @@ class Metrics:
             registry=r,
         )
         build_info = Gauge(
-            "signing_proxy_build_info", "The running version.", ["version"], registry=r
+            "signing_proxy_build_info",
+            "The running version.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
         )
         build_info.labels(version=__version__).set(1)
 
@@ -93,6 +101,7 @@ class ReloadMetrics:
             "signing_proxy_config_last_reload_success_timestamp_seconds",
             "When the config in use was loaded (Unix time).",
             registry=registry,
+            multiprocess_mode="min",  # with workers: the stalest one
         )
         for result in ("success", "failure"):
             self.reloads.labels(result)
@@ -113,6 +122,7 @@ class CredentialMetrics:
             "When the route's current credentials expire (Unix time).",
             ["route"],
             registry=registry,
+            multiprocess_mode="livemin",  # with workers: the soonest
         )
 
     def callback(self, route: str) -> Callable[[str, float | None], None]:
@@ -122,3 +132,13 @@ class CredentialMetrics:
                 self.expiry.labels(route).set(expiry)
 
         return on_refresh
+
+
+def worker_ready_gauge(registry: CollectorRegistry) -> Gauge:
+    """Each worker's readiness (1 or 0), read by the supervisor of `--workers N`."""
+    return Gauge(
+        "signing_proxy_worker_ready",
+        "Whether this worker has its config and credentials (1) or not (0).",
+        registry=registry,
+        multiprocess_mode="liveall",
+    )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from proxy.access import is_loopback
 from proxy.admin import make_admin_app
@@ -29,7 +30,7 @@ from proxy.app import ProxyHandler, Runtime
 from proxy.config import Config, ConfigError, load_config, parse_host_port
 from proxy.forward import Forwarder
 from proxy.logs import get_logger
-from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics
+from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, watched_files
 
 log = get_logger("signing_proxy")
@@ -49,12 +50,17 @@ class ProxyServer:
         admin: str | None = None,
         shutdown_timeout: float = 20.0,
         drain_delay: float = 0.0,
+        worker: bool = False,
     ) -> None:
         self.config_path = config_path
         self.listen = listen or config.listen
         self.admin = admin or config.admin
         self.shutdown_timeout = shutdown_timeout
         self.drain_delay = drain_delay
+        # A worker of `--workers N`: shares the listening socket with its siblings
+        # (SO_REUSEPORT); the supervisor owns the admin port and reads this worker's readiness
+        # from the shared metrics.
+        self.worker = worker
         self.metrics = Metrics()
         self.reload_metrics = ReloadMetrics(self.metrics.registry)
         self.credential_metrics = CredentialMetrics(self.metrics.registry)
@@ -80,13 +86,19 @@ class ProxyServer:
             await route.signer.start()
         server = web.Server(self.handler, handler_cancellation=True, access_log=None)
         proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
-        admin_app = make_admin_app(self.metrics.registry, self.is_ready)
-        admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
-        for runner, address in ((proxy_runner, self.listen), (admin_runner, self.admin)):
+        sites: list[tuple[web.BaseRunner, str]] = [(proxy_runner, self.listen)]
+        if self.worker:
+            self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
+        else:
+            admin_app = make_admin_app(self.metrics.registry, self.is_ready)
+            admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
+            sites.append((admin_runner, self.admin))
+        for runner, address in sites:
             await runner.setup()
             self._runners.append(runner)
             host, port = parse_host_port(address)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.worker)
+            await site.start()
         self.reload_metrics.last_success.set(time.time())
         if self.config_path is not None:
             paths = watched_files(self.runtime.config, self.config_path)
@@ -109,6 +121,11 @@ class ProxyServer:
             admin=self.admin,
             routes=[route.name for route in self.runtime.table.routes],
         )
+
+    async def _report_readiness(self, gauge: Gauge) -> None:
+        while True:
+            gauge.set(1 if self.is_ready() else 0)
+            await asyncio.sleep(0.5)
 
     async def reload(self, reason: str) -> bool:
         """Load the config file again; swap it in if valid. Returns whether it was applied."""
@@ -156,6 +173,8 @@ class ProxyServer:
 
     async def stop(self) -> None:
         self.draining = True
+        for task in list(self._tasks):
+            task.cancel()
         if self._watcher is not None:
             await self._watcher.stop()
         for runner in self._runners:  # the proxy first: it waits for in-flight requests
