@@ -84,7 +84,11 @@ class ProxyServer:
         await self.forwarder.start()
         for route in self.runtime.table.routes:
             await route.signer.start()
-        server = web.Server(self.handler, handler_cancellation=True, access_log=None)
+        # auto_decompress=False: a gzip request body is signed and forwarded as the bytes the
+        # app sent, under its own Content-Encoding, never decoded behind the app's back.
+        server = web.Server(
+            self.handler, handler_cancellation=True, access_log=None, auto_decompress=False
+        )
         proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
         sites: list[tuple[web.BaseRunner, str]] = [(proxy_runner, self.listen)]
         if self.worker:

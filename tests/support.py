@@ -85,7 +85,7 @@ class Upstream:
         asyncio.set_event_loop(self._loop)
 
         async def setup() -> None:
-            server = web.Server(self._dispatch, access_log=None)
+            server = web.Server(self._dispatch, access_log=None, auto_decompress=False)
             self._runner = web.ServerRunner(server)
             await self._runner.setup()
             await web.TCPSite(

@@ -227,3 +227,19 @@ def test_wrong_secret_is_rejected_by_the_verifier(proxy: ProxyProcess) -> None:
     code, body = _curl(proxy, "reverse", "devo_wrong", "/x", "--data", '{"a": 1}')
     assert code == 401
     assert body["verified"] is False
+
+
+@pytest.mark.parametrize("scheme", ["devo", "devengo"])
+def test_gzip_body_is_signed_and_sent_as_the_app_sent_it(
+    proxy: ProxyProcess, scheme: str, tmp_path: Path
+) -> None:
+    import gzip
+
+    compressed = tmp_path / "body.json.gz"
+    compressed.write_bytes(gzip.compress(b'{"items": [1, 2, 3]}' * 500))
+    code, body = _curl(
+        proxy, "reverse", scheme, "/v1/things", "-H", "Content-Encoding: gzip",
+        "-H", "Content-Type: application/json", "--data-binary", f"@{compressed}",
+    )  # fmt: skip
+    assert (code, body["verified"]) == (200, True)
+    assert body["body_len"] == compressed.stat().st_size  # never decoded on the way
