@@ -17,7 +17,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
-from proxy.config import Config
+from proxy.body import SpooledBody
+from proxy.config import Config, RouteConfig
 from proxy.errors import ProxyError, error_response
 from proxy.exchange import Exchange
 from proxy.forward import CHUNK_SIZE, Forwarder, UpstreamAborted, UpstreamOptions, strip_hop_by_hop
@@ -26,6 +27,7 @@ from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
 from proxy.signers import (
+    BodyDigest,
     CredentialsUnavailable,
     OnCredentialRefresh,
     SigningContext,
@@ -158,12 +160,28 @@ class ProxyHandler:
         exchange: Exchange,
     ) -> web.StreamResponse:
         route = match.route
-        body = None
-        if route.signer.needs_body(request.method):
-            body = await read_body(request, route.config.max_body_bytes)
-        else:
+        if not route.signer.needs_body(request.method):
             await _send_continue(request)
-        upstream = prepare_upstream(match, request.method, query, request.headers, body)
+            upstream = prepare_upstream(match, request.method, query, request.headers, None)
+            return await self._forward(request, runtime, route, upstream, exchange)
+        body = await read_body(request, route.config, route.signer.new_body_digest())
+        try:
+            upstream = prepare_upstream(match, request.method, query, request.headers, body.data)
+            if body.spooled is not None:
+                upstream = upstream.replace(body_digest=body.digest, spooled=body.spooled)
+            return await self._forward(request, runtime, route, upstream, exchange)
+        finally:
+            if body.spooled is not None:
+                body.spooled.close()  # the temporary file goes, whatever happened
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        route: Route,
+        upstream: UpstreamRequest,
+        exchange: Exchange,
+    ) -> web.StreamResponse:
         signed = sign(route, upstream)
         return await self.forwarder.forward(request, signed, runtime.options[route.name], exchange)
 
@@ -185,8 +203,8 @@ def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:
     if "warning" in result.details:
         log.warning("signing_warning", route=route.name, warning=result.details["warning"])
     signed = result.request
-    if signed.body is not None:
-        signed = signed.with_headers({"Content-Length": str(len(signed.body))})
+    if signed.body is not None or signed.spooled is not None:
+        signed = signed.with_headers({"Content-Length": str(signed.body_size)})
     return signed
 
 
@@ -217,18 +235,55 @@ def prepare_upstream(
     )
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, refusing (413) anything over `limit` before or while reading."""
+@dataclass(slots=True)
+class ReadBody:
+    """A body read for signing: `data` in memory, or `spooled` to disk with its `digest`."""
+
+    data: bytes | None
+    spooled: SpooledBody | None = None
+    digest: BodyDigest | None = None
+
+
+async def read_body(
+    request: web.BaseRequest, route: RouteConfig, digest: BodyDigest | None
+) -> ReadBody:
+    """The whole request body, refusing (413) anything over `max_body_bytes`.
+
+    Past `spool_threshold_bytes`, when the scheme can hash incrementally (`digest`), the body
+    goes to a temporary file while `digest` is fed, so memory stays flat whatever the size.
+    """
+    limit = route.max_body_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
     await _send_continue(request)
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK_SIZE):
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
+    memory = bytearray()
+    spooled: SpooledBody | None = None
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK_SIZE):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            if spooled is not None:
+                digest.update(chunk)  # type: ignore[union-attr]
+                await spooled.write(chunk)
+                continue
+            memory += chunk
+            if digest is not None and size > route.spool_threshold_bytes:
+                spooled = SpooledBody()
+                digest.update(bytes(memory))
+                await spooled.write(memory)
+                memory = bytearray()
+        if spooled is not None:
+            await spooled.finish()
+    except BaseException:
+        if spooled is not None:
+            spooled.close()
+        raise
+    if spooled is not None:
+        return ReadBody(None, spooled, digest)
+    return ReadBody(bytes(memory))
 
 
 def _too_large(limit: int) -> ProxyError:

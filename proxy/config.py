@@ -31,6 +31,7 @@ from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_ADMIN: Final = "127.0.0.1:9090"
 DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+DEFAULT_SPOOL_THRESHOLD_BYTES: Final = 1024 * 1024
 
 _ROUTE_NAME = re.compile(r"^[a-z0-9_-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -234,6 +235,12 @@ class RouteConfig(_Model):
         default=DEFAULT_MAX_BODY_BYTES,
         gt=0,
         description="Largest body a scheme that reads the body accepts (413 above).",
+    )
+    spool_threshold_bytes: int = Field(
+        default=DEFAULT_SPOOL_THRESHOLD_BYTES,
+        ge=0,
+        description="Bodies a scheme hashes incrementally (devo, devengo, aws-sigv4) go to a "
+        "temporary file above this size instead of memory.",
     )
     tls: TlsConfig = TlsConfig()
     headers: HeadersConfig = HeadersConfig()

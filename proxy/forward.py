@@ -8,6 +8,8 @@ always stream back, with backpressure from the client.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +41,10 @@ HOP_BY_HOP: Final = frozenset(
 CHUNK_SIZE: Final = 64 * 1024
 # aiohttp's client adds these unless told not to; a proxy must send only what the app sent.
 _SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# RFC 9110 5.1 field names. aiohttp's client parser is lenient with responses: it keeps
+# `Content-Length : 5` as a header named "Content-Length " (and then reads to EOF); relayed,
+# a lenient client would take it as a Content-Length beside our own framing.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -118,7 +124,8 @@ class Forwarder:
         """
         assert self._session is not None, "Forwarder.start() was not awaited"
         exchange.upstream_host = upstream.host
-        data = self._request_body(client, upstream, exchange)
+        body = _ClientBody(client, upstream, exchange)
+        data = body.data()
         started = time.perf_counter()
         try:
             async with self._session.request(
@@ -131,7 +138,9 @@ class Forwarder:
                 timeout=options.timeout,
             ) as response:
                 exchange.upstream_seconds = time.perf_counter() - started
-                return await self._stream_back(client, response, exchange)
+                return await self._stream_back(
+                    client, response, exchange, options.timeout.sock_read
+                )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise self._failure(
                 exchange, 504, "upstream_timeout", "the upstream did not answer in time"
@@ -147,6 +156,8 @@ class Forwarder:
             if client.transport is None or client.transport.is_closing():
                 exchange.error = "client_closed"
                 raise UpstreamAborted("the client went away") from exc
+            if body.failure is not None:  # the client's body broke, not the upstream
+                raise self._failure(exchange, 400, "invalid_body", body.failure) from exc
             raise self._failure(
                 exchange, 502, "upstream_bad_response", f"the upstream failed: {_reason(exc)}"
             ) from exc
@@ -159,46 +170,106 @@ class Forwarder:
         return ProxyError(status, code, message)
 
     @staticmethod
-    def _request_body(
-        client: web.BaseRequest, upstream: UpstreamRequest, exchange: Exchange
-    ) -> bytes | AsyncIterator[bytes] | None:
-        if upstream.body is not None:
-            exchange.bytes_in = len(upstream.body)
-            return upstream.body if upstream.body or client.body_exists else None
-        if not client.body_exists:
-            return None
-
-        async def stream() -> AsyncIterator[bytes]:
-            async for chunk in client.content.iter_chunked(CHUNK_SIZE):
-                exchange.bytes_in += len(chunk)
-                yield chunk
-
-        return stream()
-
-    @staticmethod
     async def _stream_back(
-        client: web.BaseRequest, response: aiohttp.ClientResponse, exchange: Exchange
+        client: web.BaseRequest,
+        response: aiohttp.ClientResponse,
+        exchange: Exchange,
+        idle: float | None,
     ) -> web.StreamResponse:
+        # Nothing has been sent yet: a response we cannot relay faithfully is the upstream's
+        # failure (502), never our 500. 1xx (101 included: we never forward Upgrade) and
+        # statuses outside 100-599 are not valid final statuses (RFC 9110 15).
+        if not 200 <= response.status <= 599:
+            raise ProxyError(
+                502, "upstream_bad_response", f"the upstream sent status {response.status}"
+            )
+        if not all(_TOKEN.fullmatch(name) for name in response.headers):
+            raise ProxyError(
+                502, "upstream_bad_response", "the upstream sent an invalid header name"
+            )
         headers = strip_hop_by_hop(response.headers)
         out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
-        exchange.status = response.status
-        await out.prepare(client)
         try:
-            async for chunk in response.content.iter_any():
+            await out.prepare(client)
+        except ValueError as exc:  # aiohttp refuses control characters before writing a byte
+            raise ProxyError(
+                502, "upstream_bad_response", f"the upstream sent an invalid header: {exc}"
+            ) from exc
+        exchange.status = response.status
+        chunks = response.content.iter_any()
+        try:
+            while True:
+                # `timeout.read` between body chunks, kept here too: when aiohttp's C parser
+                # fails on a broken chunk framing, it closes the connection and drops its own
+                # read timer but never fails the body stream, which would then wait forever.
+                try:
+                    async with asyncio.timeout(idle):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                try:
+                    await out.write(chunk)
+                except ConnectionError as exc:
+                    # A failed write is the client's doing, even as aiohttp's
+                    # ClientConnectionResetError, which is also a ClientError.
+                    exchange.error = "client_closed"
+                    raise UpstreamAborted("the client went away") from exc
                 exchange.bytes_out += len(chunk)
-                await out.write(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
             exchange.error = "upstream_aborted"
             raise UpstreamAborted(f"the upstream response broke off: {_reason(exc)}") from exc
-        except ConnectionError as exc:
-            exchange.error = "client_closed"
-            raise UpstreamAborted("the client went away") from exc
         await out.write_eof()
         return out
+
+
+class _ClientBody:
+    """The body sent upstream: the signer's bytes, or the client's body as it streams in.
+
+    When reading the client's body fails (a malformed chunked body), aiohttp reports it to us as
+    a failure of the upstream connection, which it then drops (the upstream sees an incomplete
+    request); `failure` records it, so that the client gets its 400 rather than a 502 blaming
+    the upstream.
+    """
+
+    def __init__(
+        self, client: web.BaseRequest, upstream: UpstreamRequest, exchange: Exchange
+    ) -> None:
+        self._client = client
+        self._upstream = upstream
+        self._exchange = exchange
+        self.failure: str | None = None
+
+    def data(self) -> bytes | AsyncIterator[bytes] | None:
+        client, upstream = self._client, self._upstream
+        if upstream.spooled is not None:  # a large signed body, sent from its temporary file
+            self._exchange.bytes_in = upstream.spooled.size
+            chunks: AsyncIterator[bytes] = upstream.spooled.chunks()
+            return chunks
+        if upstream.body is not None:
+            self._exchange.bytes_in = len(upstream.body)
+            return upstream.body if upstream.body or client.body_exists else None
+        if not client.body_exists:
+            return None
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._client.content.iter_chunked(CHUNK_SIZE):
+                self._exchange.bytes_in += len(chunk)
+                yield chunk
+        except Exception as exc:
+            self.failure = f"the request body cannot be read: {_reason(exc)}"
+            raise
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or type(exc.os_error).__name__
+    # Their str() appends the upstream URL, whose query is signed: signatures, and an AWS
+    # session token (X-Amz-Security-Token) when presigning. Reasons reach clients and logs.
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.message or type(exc).__name__
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid upstream URL"
     text = str(exc)
     return text if text else type(exc).__name__

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from proxy.signers.aws_sigv4 import AwsSigV4Signer
 from proxy.signers.base import (
+    BodyDigest,
     CredentialsUnavailable,
     OnCredentialRefresh,
     Signer,
@@ -54,6 +55,7 @@ def build_signer(
 __all__ = [
     "SIGNERS",
     "AnySignerConfig",
+    "BodyDigest",
     "CredentialsUnavailable",
     "OnCredentialRefresh",
     "SignResult",

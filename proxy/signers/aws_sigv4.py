@@ -50,6 +50,7 @@ from proxy.signers.aws_credentials import (
     sts_session_name,
 )
 from proxy.signers.base import (
+    BodyDigest,
     OnCredentialRefresh,
     Signer,
     SignerConfig,
@@ -669,6 +670,9 @@ class AwsSigV4Signer(Signer):
     def needs_body(self, method: str) -> bool:
         return not self._unsigned_payload
 
+    def new_body_digest(self) -> BodyDigest:
+        return hashlib.sha256()
+
     def is_ready(self) -> bool:
         return self.credentials.is_ready()
 
@@ -734,7 +738,10 @@ def sign_request(
         for pair in parse_query(request.query)
         if pair[0].lower() not in INCOMING_AUTH_QUERY_PARAMS
     ]
-    payload = payload_hash(request.body, unsigned=unsigned_payload)
+    if request.body_digest is not None and not unsigned_payload:
+        payload = request.body_digest.copy().hexdigest()  # a large body, hashed as it arrived
+    else:
+        payload = payload_hash(request.body, unsigned=unsigned_payload)
 
     added: list[tuple[str, str]] = [
         (HEADER_HOST, sign_host or host_to_sign(request.scheme, request.host))

@@ -15,7 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +23,12 @@ from pydantic import BaseModel, ConfigDict
 OnCredentialRefresh = Callable[[str, float | None], None]
 """`(result, expiry)`: a scheme with expiring credentials reports each refresh ("success" or
 "error") and the new expiry (Unix seconds, None if unknown)."""
+
+
+class BodyDigest(Protocol):
+    """A running hash a scheme offers so a large body can be hashed as it arrives."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class CredentialsUnavailable(Exception):
@@ -57,6 +63,16 @@ class UpstreamRequest:
     query: str
     headers: CIMultiDictProxy[str]
     body: bytes | None = None
+    # A large body is not in `body`: it was spooled to disk while `body_digest` (the scheme's
+    # own `new_body_digest()`) was fed with it; `spooled` is what the forwarder sends.
+    body_digest: Any = None
+    spooled: Any = None
+
+    @property
+    def body_size(self) -> int:
+        if self.spooled is not None:
+            return int(self.spooled.size)
+        return len(self.body or b"")
 
     @property
     def hostname(self) -> str:
@@ -75,6 +91,8 @@ class UpstreamRequest:
         # Header values and the query may carry credentials: show names and sizes only.
         names = ", ".join(self.headers.keys())
         body = "streamed" if self.body is None else f"{len(self.body)} bytes"
+        if self.spooled is not None:
+            body = f"{self.body_size} bytes spooled"
         return (
             f"UpstreamRequest({self.method} {self.scheme}://{self.host}{self.path}"
             f" query={len(self.query)} chars, headers=[{names}], body={body})"
@@ -153,6 +171,15 @@ class Signer(ABC):
     def needs_body(self, method: str) -> bool:
         """Whether this request's body must be read before signing (per method, e.g. POST)."""
         return self.requires_request_body
+
+    def new_body_digest(self) -> BodyDigest | None:
+        """A fresh running digest of the body, for schemes that can hash incrementally.
+
+        With one, the proxy feeds the body through it as it reads, may spool a large body to
+        disk, and hands `sign()` the digest (`request.body_digest`) instead of the bytes.
+        None (the default): the scheme needs the bytes themselves, held in memory.
+        """
+        return None
 
     @abstractmethod
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:

@@ -16,6 +16,30 @@ from typing import Final, Literal
 from proxy.secrets import SecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
+
+class _Base64Mac:
+    """HMAC over the base64 of a body fed in pieces: base64 works in 3-byte groups, so up to
+    two bytes wait for the next piece, and `finish` encodes the last of them with padding."""
+
+    def __init__(self, mac: hmac.HMAC, rest: bytes = b"") -> None:
+        self._mac = mac
+        self._rest = rest
+
+    def update(self, data: bytes, /) -> None:
+        data = self._rest + data
+        whole = len(data) - len(data) % 3
+        self._mac.update(base64.b64encode(data[:whole]))
+        self._rest = data[whole:]
+
+    def copy(self) -> _Base64Mac:
+        return _Base64Mac(self._mac.copy(), self._rest)
+
+    def finish(self) -> hmac.HMAC:
+        mac = self._mac.copy()
+        mac.update(base64.b64encode(self._rest))
+        return mac
+
+
 SIGNATURE_HEADER: Final = "X-Devengo-Api-Key-Signature"
 NONCE_HEADER: Final = "X-Devengo-Api-Key-Nonce"
 TIMESTAMP_HEADER: Final = "X-Devengo-Api-Key-Timestamp"
@@ -41,13 +65,22 @@ class DevengoSigner(Signer):
         # The secret is the HMAC key as its UTF-8 text, never base64-decoded.
         self._mac: Final = hmac.new(config.secret.reveal().encode(), digestmod=hashlib.sha256)
 
+    def new_body_digest(self) -> _Base64Mac:
+        return _Base64Mac(self._mac.copy())
+
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         timestamp = str(ctx.now_seconds)
-        # Strict base64 (no line breaks); an absent and an empty body both add "".
-        body = base64.b64encode(request.body or b"").decode("ascii")
-        data = f"{body}{ctx.nonce}{timestamp}{self._key_id}"
-        mac = self._mac.copy()
-        mac.update(data.encode())
+        suffix = f"{ctx.nonce}{timestamp}{self._key_id}"
+        if request.body_digest is not None:  # a large body, hashed as it arrived
+            mac = request.body_digest.finish()
+            data = f"<base64 of the {request.body_size}-byte body>{suffix}"
+        else:
+            # Strict base64 (no line breaks); an absent and an empty body both add "".
+            data = base64.b64encode(request.body or b"").decode("ascii") + suffix
+            mac = self._mac.copy()
+            mac.update(data.encode())
+            suffix = ""
+        mac.update(suffix.encode())
         signature = base64.b64encode(mac.digest()).decode("ascii")
         stale = [
             name

@@ -16,7 +16,14 @@ from collections.abc import Iterable
 from typing import Final, Literal
 
 from proxy.secrets import SecretValue
-from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+from proxy.signers.base import (
+    BodyDigest,
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SignResult,
+    UpstreamRequest,
+)
 
 KEY_HEADERS: Final = {
     "reseller": "x-logtrust-reseller-apikey",  # Provisioning API, multitenant credentials
@@ -60,11 +67,17 @@ class DevoSigner(Signer):
         self._mac: Final = hmac.new(config.api_secret.reveal().encode(), digestmod=hashlib.sha256)
         self._mac.update(self._api_key.encode())
 
+    def new_body_digest(self) -> BodyDigest:
+        return self._mac.copy()  # keyed, already fed the api key: the body follows
+
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         body = request.body or b""  # absent and empty both contribute nothing
         timestamp = str(ctx.now_ms)
-        mac = self._mac.copy()
-        mac.update(body)
+        if request.body_digest is not None:  # a large body, hashed as it arrived
+            mac = request.body_digest.copy()
+        else:
+            mac = self._mac.copy()
+            mac.update(body)
         mac.update(timestamp.encode())
         signed = request.with_headers(
             (
@@ -77,6 +90,8 @@ class DevoSigner(Signer):
         details: dict[str, str] = {}
         try:
             shown = body.decode()
+            if request.spooled is not None:
+                shown = f"<the {request.body_size}-byte body>"
         except UnicodeDecodeError:
             shown = body.decode(errors="backslashreplace")  # for display only
             details["warning"] = _BINARY_BODY_WARNING
