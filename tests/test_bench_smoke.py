@@ -1,0 +1,35 @@
+"""The benchmark harness works: `bench/run.py --quick` serves through every target and reports.
+
+A smoke test only: it asserts the run exits 0 and prints the results table, never a speed. It
+works without nginx and wrk (the bench falls back to its Python upstream and load generator)
+and does not refuse on a busy machine in --quick mode.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+
+
+@pytest.mark.slow
+def test_bench_quick_mode_runs_every_target_and_prints_the_table(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "RESULTS" in done.stdout, output
+    assert "| target" in done.stdout, output
+    for row in ("naive aiohttp proxy", "signing-proxy bearer", "signing-proxy devo"):
+        assert row in done.stdout, output
+    assert "vs naive" in done.stdout, output
+    assert report.exists(), output
