@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
@@ -37,6 +38,7 @@ from proxy.signers import (
 
 log = get_logger("signing_proxy")
 
+_HTTP_1: Final = frozenset({HttpVersion10, HttpVersion11})
 _CONNECT_MESSAGE: Final = (
     "CONNECT tunnels are not supported: the proxy must see requests to sign them. "
     "Send plain http:// URLs through it (HTTP_PROXY); it speaks TLS to the upstream."
@@ -104,7 +106,9 @@ class ProxyHandler:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
             if request.transport is not None:
                 request.transport.abort()  # never let a cut-off body look complete
-            raise
+            # Never sent (the connection is gone); returning rather than raising keeps aiohttp
+            # from logging a traceback for what is an ordinary event for a proxy.
+            return web.Response()
         except asyncio.CancelledError:
             exchange.error = exchange.error or "client_closed"
             raise
@@ -121,6 +125,13 @@ class ProxyHandler:
             runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
         if request.method == "CONNECT":
             raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+        if request.version not in _HTTP_1:
+            # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
+            raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+        if not all(_is_utf8(value) for _, value in request.raw_headers):
+            # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
+            # of forwarding (and signing) a header that is not what the app sent.
+            raise ProxyError(400, "invalid_header", "header values must be UTF-8 text")
         try:
             target = parse_target(request.raw_path)
         except TargetError as err:
@@ -277,6 +288,10 @@ async def read_body(
                 memory = bytearray()
         if spooled is not None:
             await spooled.finish()
+    except (HttpProcessingError, web.RequestPayloadError) as err:
+        if spooled is not None:
+            spooled.close()
+        raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
     except BaseException:
         if spooled is not None:
             spooled.close()
@@ -284,6 +299,14 @@ async def read_body(
     if spooled is not None:
         return ReadBody(None, spooled, digest)
     return ReadBody(bytes(memory))
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _too_large(limit: int) -> ProxyError:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 LogFormat = Literal["json", "console"]
 
@@ -50,6 +51,19 @@ def configure_logging(log_format: LogFormat = "json", level: int = logging.INFO)
     root.setLevel(logging.WARNING)
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").disabled = True
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [_quiet_parser_errors]
+
+
+def _quiet_parser_errors(record: logging.LogRecord) -> bool:
+    """A request the HTTP parser refused (aiohttp answers it 400 itself) is one info line, not
+    an error with a traceback: any client could otherwise flood the logs with tracebacks."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        record.msg, record.args = "request refused by the HTTP parser: %s", (error.message,)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 def get_logger(name: str) -> Any:

@@ -21,7 +21,7 @@ from proxy.config import RouteConfig
 from proxy.signers import Signer
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_ENCODED_DOT_OR_SLASH = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+_ENCODED_DOT_OR_SLASH = re.compile(r"%(2e|2f|5c|3b)", re.IGNORECASE)
 
 
 class TargetError(ValueError):
@@ -71,7 +71,8 @@ def _split(text: str, index: int) -> tuple[str, str]:
 def _check_path(path: str) -> None:
     decoded = _ENCODED_DOT_OR_SLASH.sub(lambda m: chr(int(m.group(1), 16)), path)
     for segment in re.split(r"[/\\]", decoded):
-        if segment in {".", ".."}:
+        # Up to the first ';': servlet containers read `..;x` as a `..` segment.
+        if segment.split(";", 1)[0] in {".", ".."}:
             raise TargetError("paths with . or .. segments are refused")
 
 

@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,3 +290,17 @@ def test_access_log_is_json_lines(proxy: ProxyProcess) -> None:
     assert event["method"] == "GET"
     assert event["upstream"].startswith("127.0.0.1:")
     assert {"duration_ms", "bytes_in", "bytes_out", "error", "timestamp"} <= set(event)
+
+
+def test_parser_refusals_log_one_line_without_traceback(proxy: ProxyProcess) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET /svc/x HTTP/1.1\r\nHost: h\r\nX-A: a\x01b\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.")
+    deadline = time.monotonic() + 5
+    while "refused by the HTTP parser" not in proxy.logs():
+        assert time.monotonic() < deadline, proxy.logs()[-2000:]
+        time.sleep(0.05)
+    lines = [line for line in proxy.logs().splitlines() if "refused by the HTTP parser" in line]
+    event = json.loads(lines[-1])
+    assert event["level"] == "info"
+    assert "Traceback" not in proxy.logs()

@@ -511,13 +511,6 @@ def test_client_disconnect_cancels_the_upstream_request(
     _serves(proxy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/app.py ProxyHandler.__call__ re-raises UpstreamAborted after aborting the "
-    "transport, so aiohttp logs 'Error handling request' with a traceback at ERROR level for "
-    "every cut-off response (fix: return a throwaway web.Response() there instead: it is never "
-    "sent, aiohttp ends the aborted connection quietly)",
-)
 def test_aborted_responses_log_no_traceback(
     proxy: ProxyProcess, raw_upstreams: dict[str, RawUpstream]
 ) -> None:

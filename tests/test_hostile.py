@@ -225,11 +225,6 @@ def test_malformed_request_line_is_400(proxy: ProxyProcess, upstream: Upstream, 
     serves(proxy, upstream)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llhttp accepts an HTTP/0.9-style line and an 'HTTP/2.0' line in HTTP/1 framing; "
-    "proxy/app.py forwards them (fix: refuse request.version not in {1.0, 1.1} with 505)",
-)
 @pytest.mark.parametrize(
     "data",
     [b"GET /b/x\r\nHost: h\r\n\r\n", b"GET /b/x HTTP/2.0\r\nHost: h\r\nConnection: close\r\n\r\n"],
@@ -269,12 +264,6 @@ def test_invalid_header_bytes_are_400(proxy: ProxyProcess, upstream: Upstream, c
     serves(proxy, upstream)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obs-text header bytes reach the app as lone surrogates and aiohttp's C writer "
-    "drops them: 'caf\\xe9' goes upstream as 'caf' (pure-Python writer: a 500). Fix in "
-    "proxy/app.py ProxyHandler._handle: a 400 when a value in request.raw_headers is not UTF-8",
-)
 def test_non_utf8_header_value_is_forwarded_intact_or_refused(
     proxy: ProxyProcess, upstream: Upstream
 ) -> None:
@@ -487,12 +476,6 @@ def test_malformed_streamed_body_is_the_clients_400_not_a_502(
     assert upstream.seen[before:] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/app.py read_body lets the parser's TransferEncodingError escape: aiohttp "
-    "answers a plain 500 (fix: catch aiohttp.http_exceptions.HttpProcessingError and "
-    "web.RequestPayloadError around the read, raise ProxyError(400, 'invalid_body', ...))",
-)
 def test_malformed_body_for_a_signing_scheme_is_400(
     py_parser_proxy: ProxyProcess, upstream: Upstream
 ) -> None:
@@ -639,12 +622,6 @@ def test_forwarded_paths_stay_under_the_base_path(
     assert _under_base(forwarded.raw_path), forwarded.raw_path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/routing.py _check_path compares whole segments with '.'/'..', so '..;' "
-    "(a '..' to servlet containers) is forwarded (fix: compare each decoded segment up to "
-    "its first ';', and decode %3b too)",
-)
 @pytest.mark.parametrize("target", PATH_PARAMETER_ESCAPES)
 def test_path_parameter_escapes_are_refused(
     proxy: ProxyProcess, upstream: Upstream, target: str

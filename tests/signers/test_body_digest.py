@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -49,7 +50,7 @@ def test_digest_path_signs_like_bytes(scheme: str, body: bytes, cuts: list[int])
     digest = signer.new_body_digest()
     assert digest is not None
     edges = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         digest.update(body[start:end])
     in_memory = signer.sign(_request(body), CTX).request
     spooled = signer.sign(
