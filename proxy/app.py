@@ -8,6 +8,7 @@ changes a request half-way.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
 from proxy.body import SpooledBody
-from proxy.config import Config, RouteConfig
+from proxy.clock import ClockSkew
+from proxy.config import Config, RetryConfig, RouteConfig
 from proxy.errors import ProxyError, error_response
 from proxy.exchange import Exchange
-from proxy.forward import CHUNK_SIZE, Forwarder, UpstreamAborted, UpstreamOptions, strip_hop_by_hop
+from proxy.forward import (
+    CHUNK_SIZE,
+    Forwarder,
+    RetryableStatus,
+    UpstreamAborted,
+    UpstreamOptions,
+    strip_hop_by_hop,
+)
 from proxy.limits import RouteLimits
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
@@ -91,6 +100,7 @@ class ProxyHandler:
         self.runtime = runtime
         self.forwarder = forwarder
         self.metrics = metrics
+        self.clock = ClockSkew(metrics.registry)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
@@ -114,6 +124,8 @@ class ProxyHandler:
             raise
         finally:
             self.metrics.in_flight.dec()
+            if exchange.upstream_date and exchange.route:
+                self.clock.observe(exchange.route, exchange.upstream_date)
             duration = time.perf_counter() - exchange.started
             self.metrics.observe(exchange, duration)
             _access_log(exchange, duration)
@@ -193,8 +205,49 @@ class ProxyHandler:
         upstream: UpstreamRequest,
         exchange: Exchange,
     ) -> web.StreamResponse:
-        signed = sign(route, upstream)
-        return await self.forwarder.forward(request, signed, runtime.options[route.name], exchange)
+        """Sign and send; with `retries`, sign afresh (new time, new nonce) and send again."""
+        options = runtime.options[route.name]
+        policy = route.config.retries
+        replayable = upstream.body is not None or upstream.spooled is not None
+        attempts = 1
+        if policy and request.method in policy.methods and (replayable or not request.body_exists):
+            attempts = policy.attempts
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            statuses = frozenset() if last else _retry_statuses(policy)
+            try:
+                signed = sign(route, upstream)
+                return await self.forwarder.forward(request, signed, options, exchange, statuses)
+            except RetryableStatus as retry:
+                reason = f"status {retry.status}"
+            except ProxyError as err:
+                if last or not _retries_error(policy, err):
+                    raise
+                reason = err.code
+            assert policy is not None
+            self.metrics.retries.labels(route.name).inc()
+            # Exponential backoff with full jitter (not a secret: `random` is right here).
+            ceiling = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+            delay = random.uniform(0, ceiling)  # noqa: S311
+            log.info("retrying", route=route.name, attempt=attempt, reason=reason, delay=delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _retry_statuses(policy: RetryConfig | None) -> frozenset[int]:
+    return frozenset(on for on in policy.on if isinstance(on, int)) if policy else frozenset()
+
+
+def _retries_error(policy: RetryConfig | None, err: ProxyError) -> bool:
+    """Whether the proxy's own failure is one the route retries."""
+    if policy is None:
+        return False
+    wanted = {
+        "upstream_unreachable": "connect_error",  # nothing reached the upstream
+        "upstream_bad_response": 502,
+        "upstream_timeout": 504,
+    }.get(err.code)
+    return wanted is not None and wanted in policy.on
 
 
 def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:

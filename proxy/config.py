@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -202,6 +202,36 @@ class RateLimitConfig(_Model):
         return self
 
 
+IDEMPOTENT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
+RetryOn = Literal["connect_error", 502, 503, 504]
+
+
+def _default_retry_on() -> list[RetryOn]:
+    return ["connect_error", 502, 503, 504]
+
+
+class RetryConfig(_Model):
+    """Retries that sign every attempt afresh (new time, new nonce)."""
+
+    attempts: int = Field(ge=1, le=10, description="Attempts in all, the first included.")
+    on: list[RetryOn] = Field(
+        default_factory=_default_retry_on,
+        description="What is retried: connect_error (nothing reached the upstream), and these "
+        "statuses, from the upstream or the proxy's own 502/504 for a failed exchange.",
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: list(IDEMPOTENT_METHODS),
+        description="Methods that may be retried (default: the idempotent ones).",
+    )
+    backoff_initial: float = Field(default=0.1, gt=0, description="Seconds before retry 1.")
+    backoff_max: float = Field(default=2.0, gt=0, description="Upper bound of one wait.")
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, methods: list[str]) -> list[str]:
+        return [method.upper() for method in methods]
+
+
 class AccessConfig(_Model):
     """Who may use the proxy (shared deployments). Both given: both must pass."""
 
@@ -249,6 +279,9 @@ class RouteConfig(_Model):
     )
     rate_limit: RateLimitConfig | None = Field(
         default=None, description="Token bucket; 429 with Retry-After above (default: none)."
+    )
+    retries: RetryConfig | None = Field(
+        default=None, description="Opt-in retries, each attempt signed afresh (default: none)."
     )
 
     @field_validator("name")

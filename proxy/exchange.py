@@ -21,4 +21,5 @@ class Exchange:
     bytes_out: int = 0
     upstream_host: str | None = None
     upstream_seconds: float | None = None
+    upstream_date: str | None = None  # the upstream's Date header, for the clock-skew check
     aborted: bool = False  # the response started and was then cut off

@@ -87,6 +87,14 @@ class UpstreamOptions:
         return cls(ssl=context, timeout=timeout)
 
 
+class RetryableStatus(Exception):
+    """The upstream answered with a status the route retries; nothing was sent to the client."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the upstream answered {status}")
+        self.status = status
+
+
 class UpstreamAborted(Exception):
     """The response had started when the upstream or the client failed: the client connection
     is cut so the client sees an incomplete response, never a truncated one that looks whole."""
@@ -117,10 +125,12 @@ class Forwarder:
         upstream: UpstreamRequest,
         options: UpstreamOptions,
         exchange: Exchange,
+        retry_statuses: frozenset[int] = frozenset(),
     ) -> web.StreamResponse:
         """Send `upstream`; stream the answer back to `client`.
 
-        Raises ProxyError before the response starts; UpstreamAborted after it started.
+        Raises ProxyError before the response starts; UpstreamAborted after it started;
+        RetryableStatus, before anything is sent, for a status in `retry_statuses`.
         """
         assert self._session is not None, "Forwarder.start() was not awaited"
         exchange.upstream_host = upstream.host
@@ -138,6 +148,9 @@ class Forwarder:
                 timeout=options.timeout,
             ) as response:
                 exchange.upstream_seconds = time.perf_counter() - started
+                exchange.upstream_date = response.headers.get("Date")
+                if response.status in retry_statuses:
+                    raise RetryableStatus(response.status)
                 return await self._stream_back(
                     client, response, exchange, options.timeout.sock_read
                 )

@@ -44,6 +44,12 @@ class Metrics:
             registry=r,
         )
         # multiprocess_mode: how `--workers N` combines the workers' values (ignored otherwise).
+        self.retries = Counter(
+            "signing_proxy_retries_total",
+            "Attempts sent again (each signed afresh), by route.",
+            ["route"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "signing_proxy_in_flight_requests",
             "Requests being handled now.",

@@ -75,11 +75,12 @@ def _build(
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
             key_line = key_node.start_mark.line + 1
-            if not isinstance(key, str | int | float | bool) or key is None:
+            if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(YamlProblem(path, key_line, "mapping keys must be plain scalars"))
                 continue
+            # A key is a name, as written: YAML 1.1 would read `on:`, `yes:` or `no:` as booleans.
+            key = key_node.value
             child = (*path, str(key))
             if key in result:
                 problems.append(YamlProblem(child, key_line, f"duplicate key {key!r}"))
