@@ -120,7 +120,8 @@ async def _sign_continuously(
 async def test_short_lived_credentials_refresh_ahead_without_a_failed_sign() -> None:
     reports: list[tuple[str, float | None]] = []
     source = FakeSource(
-        lifetime=0.4, refresh_ahead=0.2, on_refresh=lambda r, e: reports.append((r, e))
+        # Margins wide enough for a loaded CI machine: a thread hop can take a good 100 ms.
+        lifetime=1.0, refresh_ahead=0.6, on_refresh=lambda r, e: reports.append((r, e))
     )
     signer = AwsSigV4Signer(_config(), credential_source=source)
     assert signer.is_ready() is False
@@ -130,10 +131,10 @@ async def test_short_lived_credentials_refresh_ahead_without_a_failed_sign() -> 
     await signer.start()  # idempotent
     try:
         await _wait_ready(signer)
-        used = await _sign_continuously(signer, source, 1.5)
+        used = await _sign_continuously(signer, source, 3.0)
     finally:
         await signer.close()
-    assert len(used) >= 5  # rotated several times while signing
+    assert len(used) >= 4  # rotated several times while signing
     assert used == sorted(used, key=lambda a: int(a[4:]))
     assert all(result == "success" for result, _ in reports)
     expiries = [e for _, e in reports if e is not None]
@@ -145,9 +146,9 @@ async def test_short_lived_credentials_refresh_ahead_without_a_failed_sign() -> 
 async def test_a_failed_refresh_keeps_valid_credentials_and_retries() -> None:
     reports: list[tuple[str, float | None]] = []
     source = FakeSource(
-        lifetime=0.6,
+        lifetime=1.2,
         fail_on={2, 3},
-        refresh_ahead=0.3,
+        refresh_ahead=0.6,
         retry_initial=0.02,
         on_refresh=lambda r, e: reports.append((r, e)),
     )
@@ -155,7 +156,7 @@ async def test_a_failed_refresh_keeps_valid_credentials_and_retries() -> None:
     await signer.start()
     try:
         await _wait_ready(signer)
-        used = await _sign_continuously(signer, source, 0.9)
+        used = await _sign_continuously(signer, source, 1.8)
     finally:
         await signer.close()
     results = [r for r, _ in reports]
