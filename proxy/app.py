@@ -33,7 +33,7 @@ from proxy.forward import (
     strip_hop_by_hop,
 )
 from proxy.limits import RouteLimits
-from proxy.logs import get_logger
+from proxy.logs import bound_logger, get_logger
 from proxy.metrics import Metrics
 from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
 from proxy.signers import (
@@ -101,6 +101,7 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
+        self._log_request = bound_logger("signing_proxy").info
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
@@ -128,7 +129,22 @@ class ProxyHandler:
                 self.clock.observe(exchange.route, exchange.upstream_date)
             duration = time.perf_counter() - exchange.started
             self.metrics.observe(exchange, duration)
-            _access_log(exchange, duration)
+            self._access_log(exchange, duration)
+
+    def _access_log(self, exchange: Exchange, duration: float) -> None:
+        self._log_request(
+            "request",
+            route=exchange.route,
+            method=exchange.method,
+            path=exchange.path,
+            status=exchange.status,
+            duration_ms=round(duration * 1000, 3),
+            bytes_in=exchange.bytes_in,
+            bytes_out=exchange.bytes_out,
+            upstream=exchange.upstream_host,
+            error=exchange.error,
+            aborted=exchange.aborted,
+        )
 
     async def _handle(
         self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
@@ -373,19 +389,3 @@ async def _send_continue(request: web.BaseRequest) -> None:
     # stall a second before each large upload. We take the body, so say so.
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-
-def _access_log(exchange: Exchange, duration: float) -> None:
-    log.info(
-        "request",
-        route=exchange.route,
-        method=exchange.method,
-        path=exchange.path,
-        status=exchange.status,
-        duration_ms=round(duration * 1000, 3),
-        bytes_in=exchange.bytes_in,
-        bytes_out=exchange.bytes_out,
-        upstream=exchange.upstream_host,
-        error=exchange.error,
-        aborted=exchange.aborted,
-    )

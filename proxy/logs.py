@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, Literal
 
 import orjson
@@ -18,8 +19,7 @@ LogFormat = Literal["json", "console"]
 
 
 def configure_logging(log_format: LogFormat = "json", level: int = logging.INFO) -> None:
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    shared: list[Any] = [structlog.processors.add_log_level, timestamper]
+    shared: list[Any] = [structlog.processors.add_log_level, _timestamp]
     if log_format == "json":
         renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
@@ -68,3 +68,24 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def bound_logger(name: str) -> Any:
+    """A concrete logger for hot paths: the module-level lazy proxy from `get_logger` resolves
+    itself on every call. Take it after `configure_logging`."""
+    return structlog.get_logger(name).bind()
+
+
+_second: list[Any] = [-1, ""]  # the last whole second and its ISO text
+
+
+def _timestamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """ISO 8601 UTC with microseconds, as structlog's TimeStamper(fmt="iso", utc=True) writes
+    it, with the date-and-seconds part formatted once a second instead of once a line."""
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0] = whole
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    event["timestamp"] = f"{_second[1]}.{int((now - whole) * 1_000_000):06d}Z"
+    return event

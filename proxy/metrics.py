@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -13,6 +14,17 @@ from proxy.exchange import Exchange
 NO_ROUTE: Final = "(none)"  # cannot collide with a route name: those match [a-z0-9_-]+
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _BYTE_BUCKETS: Final = tuple(float(4**n) for n in range(3, 16))  # 64 B .. 1 GiB
+
+
+_MAX_CACHED: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _RouteChildren:
+    duration: Histogram
+    upstream: Histogram
+    body_in: Histogram
+    body_out: Histogram
 
 
 class Metrics:
@@ -78,19 +90,39 @@ class Metrics:
             multiprocess_mode="max",
         )
         build_info.labels(version=__version__).set(1)
+        self._route_children: dict[str, _RouteChildren] = {}
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
 
     def observe(self, exchange: Exchange, duration: float) -> None:
         route = exchange.route or NO_ROUTE
-        method = exchange.method if exchange.method in _METHODS else "OTHER"
-        self.requests.labels(route, method, str(exchange.status)).inc()
-        self.request_duration.labels(route).observe(duration)
+        children = self._route_children.get(route) or self._children_for(route)
+        key = (route, exchange.method, exchange.status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            method = exchange.method if exchange.method in _METHODS else "OTHER"
+            counter = self.requests.labels(route, method, str(exchange.status))
+            if len(self._request_counters) < _MAX_CACHED:  # odd methods must not grow it
+                self._request_counters[key] = counter
+        counter.inc()
+        children.duration.observe(duration)
         if exchange.upstream_seconds is not None:
-            self.upstream_duration.labels(route).observe(exchange.upstream_seconds)
+            children.upstream.observe(exchange.upstream_seconds)
         if exchange.error:
             self.errors.labels(route, exchange.error).inc()
         if exchange.route:
-            self.request_body_bytes.labels(route).observe(exchange.bytes_in)
-            self.response_body_bytes.labels(route).observe(exchange.bytes_out)
+            children.body_in.observe(exchange.bytes_in)
+            children.body_out.observe(exchange.bytes_out)
+
+    def _children_for(self, route: str) -> _RouteChildren:
+        # Looking a labelled child up costs microseconds a request; keep them per route.
+        children = _RouteChildren(
+            self.request_duration.labels(route),
+            self.upstream_duration.labels(route),
+            self.request_body_bytes.labels(route),
+            self.response_body_bytes.labels(route),
+        )
+        self._route_children[route] = children
+        return children
 
 
 class ReloadMetrics:

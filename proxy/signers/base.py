@@ -120,16 +120,31 @@ class UpstreamRequest:
         return dataclasses.replace(self, headers=CIMultiDictProxy(headers))
 
 
-@dataclass(frozen=True, slots=True)
 class SigningContext:
-    """Everything time- or randomness-dependent, injected so signing is reproducible."""
+    """Everything time- or randomness-dependent, injected so signing is reproducible.
 
-    now_ms: int
-    nonce: str
+    The nonce is made on first use: a random UUID costs more than most signatures, and only
+    some schemes use one.
+    """
+
+    __slots__ = ("_nonce", "now_ms")
+
+    def __init__(self, now_ms: int, nonce: str | None = None) -> None:
+        self.now_ms = now_ms
+        self._nonce = nonce
 
     @classmethod
     def now(cls) -> SigningContext:
-        return cls(now_ms=time.time_ns() // 1_000_000, nonce=str(uuid.uuid4()))
+        return cls(now_ms=time.time_ns() // 1_000_000)
+
+    @property
+    def nonce(self) -> str:
+        if self._nonce is None:
+            self._nonce = str(uuid.uuid4())
+        return self._nonce
+
+    def __repr__(self) -> str:
+        return f"SigningContext(now_ms={self.now_ms}, nonce={self._nonce!r})"
 
     @property
     def now_seconds(self) -> int:
