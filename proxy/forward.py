@@ -39,6 +39,8 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 CHUNK_SIZE: Final = 64 * 1024
+SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 # aiohttp's client adds these unless told not to; a proxy must send only what the app sent.
 _SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # RFC 9110 5.1 field names. aiohttp's client parser is lenient with responses: it keeps
@@ -201,6 +203,14 @@ class Forwarder:
                 502, "upstream_bad_response", "the upstream sent an invalid header name"
             )
         headers = strip_hop_by_hop(response.headers)
+        length = response.content_length
+        if (
+            length is not None
+            and length <= SMALL_RESPONSE
+            and client.method != "HEAD"
+            and response.status not in _NO_BODY_STATUSES
+        ):
+            return await _whole(client, response, headers, exchange)
         out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
         try:
             await out.prepare(client)
@@ -233,6 +243,34 @@ class Forwarder:
             raise UpstreamAborted(f"the upstream response broke off: {_reason(exc)}") from exc
         await out.write_eof()
         return out
+
+
+async def _whole(
+    client: web.BaseRequest,
+    response: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+    exchange: Exchange,
+) -> web.Response:
+    """A small response read whole and answered in one piece: cheaper than streaming it, and a
+    body cut short is still a clean 502 (nothing has reached the client yet)."""
+    try:
+        body = await response.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise ProxyError(
+            502, "upstream_bad_response", f"the upstream response broke off: {_reason(exc)}"
+        ) from exc
+    headers.popall("Content-Length", None)  # web.Response sets it from the body
+    out = web.Response(status=response.status, reason=response.reason, headers=headers, body=body)
+    try:
+        await out.prepare(client)  # here, not after we return: a bad header is still a 502
+    except ValueError as exc:  # aiohttp refuses control characters before writing a byte
+        raise ProxyError(
+            502, "upstream_bad_response", f"the upstream sent an invalid header: {exc}"
+        ) from exc
+    exchange.status = response.status
+    await out.write_eof()
+    exchange.bytes_out = len(body)
+    return out
 
 
 class _ClientBody:

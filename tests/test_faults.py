@@ -197,6 +197,10 @@ def raw_upstreams() -> Iterator[dict[str, RawUpstream]]:
     }
     servers |= {f"bad-{name}": RawUpstream(_reply(reply)) for name, reply in BAD_REPLIES.items()}
     servers |= {f"cut-{name}": RawUpstream(_cut(*parts)) for name, parts in CUTS.items()}
+    # A small response is read whole before anything reaches the client: cut short, it is a 502.
+    servers["short"] = RawUpstream(
+        _cut(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"s" * 100)
+    )
     yield servers
     for server in servers.values():
         server.close()
@@ -384,6 +388,13 @@ def test_body_cut_off_is_an_aborted_response_for_requests(proxy: ProxyProcess, n
     event = _logged(proxy, path)
     assert event["aborted"] is True
     assert event["error"] == "upstream_aborted"
+
+
+def test_small_body_cut_off_is_a_clean_502(proxy: ProxyProcess) -> None:
+    response = requests.get(f"{proxy.url}/short/x", timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_bad_response"
+    _serves(proxy)
 
 
 def test_upstream_stalling_mid_body_aborts_after_the_read_timeout(
