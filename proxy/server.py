@@ -14,8 +14,6 @@ moment to reach every node), then the listener closes and in-flight requests get
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -32,6 +30,7 @@ from proxy.forward import Forwarder
 from proxy.logs import get_logger
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, watched_files
+from proxy.signals import StopSignals
 
 log = get_logger("signing_proxy")
 
@@ -194,35 +193,16 @@ class ProxyServer:
         task.add_done_callback(self._tasks.discard)
 
     async def run_until_signalled(self, on_ready: Callable[[], Any] | None = None) -> None:
-        stop = asyncio.Event()
-        terminated = False
-
-        def on_sigterm() -> None:
-            nonlocal terminated
-            terminated = True
-            stop.set()
-
-        loop = asyncio.get_running_loop()
-        handlers: dict[signal.Signals, Callable[[], None]] = {
-            signal.SIGTERM: on_sigterm,
-            signal.SIGINT: stop.set,
-            signal.SIGHUP: lambda: self._spawn(self.reload("SIGHUP")),
-        }
-        for signum, callback in handlers.items():
-            loop.add_signal_handler(signum, callback)
-        try:
-            await self.start()
-            if on_ready is not None:
-                on_ready()
-            await stop.wait()
-            self.draining = True  # readiness fails from this moment
-            delay = self.drain_delay if terminated else 0.0
-            log.info("draining", drain_delay=delay, shutdown_timeout=self.shutdown_timeout)
-            if delay:
+        with StopSignals(on_hangup=lambda: self._spawn(self.reload("SIGHUP"))) as signals:
+            try:
+                await self.start()
+                if on_ready is not None:
+                    on_ready()
+                await signals.wait()
+                self.draining = True  # readiness fails from this moment
+                delay = signals.drain_delay(self.drain_delay)
+                log.info("draining", drain_delay=delay, shutdown_timeout=self.shutdown_timeout)
                 await asyncio.sleep(delay)
-        finally:
-            for signum in handlers:
-                with contextlib.suppress(ValueError):
-                    loop.remove_signal_handler(signum)
-            await self.stop()
+            finally:
+                await self.stop()
         log.info("stopped")

@@ -29,6 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from proxy.admin import make_admin_app
 from proxy.config import parse_host_port
 from proxy.logs import get_logger
+from proxy.signals import StopSignals
 
 log = get_logger("signing_proxy")
 
@@ -120,47 +121,31 @@ class Supervisor:
                     process.send_signal(signum)
 
     async def run(self, on_ready: Callable[[], object] | None = None) -> int:
-        stop = asyncio.Event()
-        terminated = False
-
-        def on_sigterm() -> None:
-            nonlocal terminated
-            terminated = True
-            stop.set()
-
-        loop = asyncio.get_running_loop()
-        handlers: dict[signal.Signals, Callable[[], None]] = {
-            signal.SIGTERM: on_sigterm,
-            signal.SIGINT: stop.set,
-            signal.SIGHUP: lambda: self._signal_workers(signal.SIGHUP),
-        }
-        for signum, callback in handlers.items():
-            loop.add_signal_handler(signum, callback)
         runner = web.AppRunner(make_admin_app(self.registry, self.is_ready), access_log=None)
-        try:
-            await runner.setup()
-            host, port = parse_host_port(self.admin)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-            for slot in range(self.count):
-                await self._spawn(slot)
-            log.info("supervisor_started", workers=self.count, listen=self.listen, admin=self.admin)
-            if on_ready is not None:
-                on_ready()
-            await stop.wait()
-            self.draining = True
-            delay = self.drain_delay if terminated else 0.0
-            log.info("draining", drain_delay=delay, shutdown_timeout=self.shutdown_timeout)
-            await asyncio.sleep(delay)
-            return await self._stop_workers()
-        finally:
-            self.stopping = True
-            self._signal_workers(signal.SIGKILL)
-            for signum in handlers:
-                with contextlib.suppress(ValueError):
-                    loop.remove_signal_handler(signum)
-            await runner.cleanup()
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
-            log.info("stopped")
+        with StopSignals(on_hangup=lambda: self._signal_workers(signal.SIGHUP)) as signals:
+            try:
+                await runner.setup()
+                host, port = parse_host_port(self.admin)
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
+                for slot in range(self.count):
+                    await self._spawn(slot)
+                log.info(
+                    "supervisor_started", workers=self.count, listen=self.listen, admin=self.admin
+                )
+                if on_ready is not None:
+                    on_ready()
+                await signals.wait()
+                self.draining = True
+                delay = signals.drain_delay(self.drain_delay)
+                log.info("draining", drain_delay=delay, shutdown_timeout=self.shutdown_timeout)
+                await asyncio.sleep(delay)
+                return await self._stop_workers()
+            finally:
+                self.stopping = True
+                self._signal_workers(signal.SIGKILL)
+                await runner.cleanup()
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+                log.info("stopped")
 
     async def _stop_workers(self) -> int:
         self.stopping = True
