@@ -326,10 +326,26 @@ class RouteConfig(_Model):
         return URL(self.upstream)
 
 
+class RequestLimitsConfig(_Model):
+    """What the HTTP parser accepts before anything else runs; over a limit is a 400."""
+
+    max_line_bytes: int = Field(
+        default=8190, ge=256, le=1_048_576, description="Request line (method, target, version)."
+    )
+    max_field_bytes: int = Field(
+        default=8190, ge=256, le=1_048_576, description="One header name or value."
+    )
+    max_headers: int = Field(default=128, ge=8, le=10_000, description="Header lines.")
+
+
 class Config(_Model):
     listen: str = Field(default=DEFAULT_LISTEN, description="Proxy address HOST:PORT.")
     admin: str = Field(
         default=DEFAULT_ADMIN, description="Admin address HOST:PORT (/metrics, /healthz, /readyz)."
+    )
+    request_limits: RequestLimitsConfig = Field(
+        default_factory=RequestLimitsConfig,
+        description="HTTP parser limits (a change takes effect on restart).",
     )
     access: AccessConfig | None = Field(
         default=None, description="Client networks and/or a proxy token (shared deployments)."

@@ -85,8 +85,15 @@ class ProxyServer:
             await route.signer.start()
         # auto_decompress=False: a gzip request body is signed and forwarded as the bytes the
         # app sent, under its own Content-Encoding, never decoded behind the app's back.
+        limits = self.runtime.config.request_limits
         server = web.Server(
-            self.handler, handler_cancellation=True, access_log=None, auto_decompress=False
+            self.handler,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,
+            max_line_size=limits.max_line_bytes,
+            max_field_size=limits.max_field_bytes,
+            max_headers=limits.max_headers,
         )
         proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
         sites: list[tuple[web.BaseRunner, str]] = [(proxy_runner, self.listen)]
@@ -146,7 +153,7 @@ class ProxyServer:
             for route in runtime.table.routes:
                 await route.signer.start()
             old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
-            self._warn_on_address_change(old.config, config)
+            self._warn_on_restart_settings(old.config, config)
             if self._watcher is not None:
                 self._watcher.watch(watched_files(config, self.config_path))
             self.reload_metrics.reloads.labels("success").inc()
@@ -164,13 +171,14 @@ class ProxyServer:
         return False
 
     @staticmethod
-    def _warn_on_address_change(old: Config, new: Config) -> None:
-        for key in ("listen", "admin"):
-            if getattr(old, key) != getattr(new, key):
+    def _warn_on_restart_settings(old: Config, new: Config) -> None:
+        for key in ("listen", "admin", "request_limits"):
+            configured = getattr(new, key)
+            if getattr(old, key) != configured:
                 log.warning(
                     "config_restart_needed",
                     key=key,
-                    configured=getattr(new, key),
+                    configured=str(configured),
                     message=f"a change of {key} takes effect on restart only",
                 )
 
