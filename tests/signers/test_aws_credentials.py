@@ -121,7 +121,9 @@ async def test_short_lived_credentials_refresh_ahead_without_a_failed_sign() -> 
     reports: list[tuple[str, float | None]] = []
     source = FakeSource(
         # Margins wide enough for a loaded CI machine: a thread hop can take a good 100 ms.
-        lifetime=1.0, refresh_ahead=0.6, on_refresh=lambda r, e: reports.append((r, e))
+        lifetime=1.0,
+        refresh_ahead=0.6,
+        on_refresh=lambda r, e: reports.append((r, e)),
     )
     signer = AwsSigV4Signer(_config(), credential_source=source)
     assert signer.is_ready() is False
