@@ -1,8 +1,9 @@
 """Micro-costs of signing-proxy's per-request code paths, timed on our actual code.
 
 Each line is the best of several repeats of many calls, in microseconds per call, on one core.
-It times `proxy.logs` + `_access_log` (as configured in production: JSON via structlog and orjson,
-one write per line), `proxy.metrics.Metrics` (as the handler calls it), routing, signing, and
+It times the handler's access log call (`proxy.logs` as configured in production: JSON via
+structlog and orjson, one write per line), `proxy.metrics.Metrics` (as the handler calls it),
+routing, signing, the client and server halves against aiohttp and bare protocols, and
 the whole handler with a stub forwarder (no network), with and without the access log and the
 metrics, so their share of a request can be read off directly.
 
@@ -23,9 +24,10 @@ import timeit
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import harness
+import loadgen
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -130,15 +132,16 @@ def section(title: str) -> None:
 
 
 def time_access_log(t: Timer, workdir: Path) -> dict[str, float]:
-    section("access log (proxy.logs + proxy.app._access_log, JSON as in production)")
+    section("access log (proxy.logs + the handler's access log call, JSON as in production)")
     ex = exchange()
     costs = {}
     for target, label in (("/dev/null", "/dev/null"), (str(workdir / "access.log"), "a file")):
         with stderr_to(target):
-            configure_logging("json")
+            configure_logging("json")  # before the handler: it binds its logger when built
+            log_call = access_log_call(make_handler(Metrics()))
             costs[label] = t.time(
-                f"_access_log(exchange, duration), stderr to {label}",
-                lambda: proxy_app._access_log(ex, 0.00123),
+                f"access log line (exchange, duration), stderr to {label}",
+                lambda call=log_call: call(ex, 0.00123),  # type: ignore[misc]
             )
     event = {
         "route": "bench-bearer",
@@ -312,13 +315,41 @@ class StubForwarder:
 
     response = web.Response(body=b"{}")
 
-    async def forward(self, client: Any, upstream: Any, options: Any, exchange: Exchange) -> Any:
+    async def forward(
+        self, client: Any, upstream: Any, options: Any, exchange: Exchange, *rest: Any
+    ) -> Any:
         exchange.upstream_host = upstream.host
         exchange.status, exchange.bytes_out, exchange.upstream_seconds = 200, 65, 0.0004
         return self.response
 
 
+def make_handler(metrics: Any, forwarder: Any = None) -> proxy_app.ProxyHandler:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.yaml"
+        path.write_text(CONFIG)
+        runtime = proxy_app.Runtime.build(load_config(path))
+    return proxy_app.ProxyHandler(runtime, forwarder or StubForwarder(), metrics)
+
+
+def access_log_call(handler: proxy_app.ProxyHandler) -> Callable[[Exchange, float], None]:
+    """The access log as the handler calls it (a method now; a module function before)."""
+    call = getattr(handler, "_access_log", None) or getattr(proxy_app, "_access_log")  # noqa: B009
+    return cast(Callable[[Exchange, float], None], call)
+
+
+def disable_access_log(handler: proxy_app.ProxyHandler) -> None:
+    if hasattr(handler, "_access_log"):
+        handler._access_log = _no_log  # type: ignore[method-assign]
+    else:  # the older module-level function
+        proxy_app._access_log = _no_log  # type: ignore[attr-defined]
+
+
 class NoMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry()
+
     class _Gauge:
         def inc(self) -> None:
             pass
@@ -373,6 +404,7 @@ class FakeRequest:
         self.raw_path = raw_path
         self.path = raw_path.split("?", 1)[0]
         self.headers = CIMultiDictProxy(CIMultiDict(headers))
+        self.raw_headers = tuple((k.encode(), v.encode()) for k, v in headers.items())
         self.version = (1, 1)
         self.body = body
         self.content_length = len(body) if body else None
@@ -389,28 +421,12 @@ def time_handler(t: Timer, workdir: Path) -> dict[str, float]:
     import uvloop
 
     loop = uvloop.new_event_loop()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "c.yaml"
-        path.write_text(CONFIG)
-        runtime = proxy_app.Runtime.build(load_config(path))
     body = harness.post_body()
     post_headers = {**WRK_HEADERS, "Content-Type": "application/json", "Content-Length": "1024"}
     requests = (
         ("bearer GET", FakeRequest("GET", "/bearer/api/items?page=1", WRK_HEADERS, b"")),
         ("devo POST 1 KiB", FakeRequest("POST", "/devo/api/items", post_headers, body)),
     )
-    handlers = {
-        label: (
-            proxy_app.ProxyHandler(
-                runtime,
-                StubForwarder(),  # type: ignore[arg-type]
-                NoMetrics() if no_metrics else Metrics(),  # type: ignore[arg-type]
-            ),
-            no_log,
-        )
-        for label, no_log, no_metrics in VARIANTS
-    }
-    real_log = proxy_app._access_log
 
     async def batch(handler: proxy_app.ProxyHandler, request: FakeRequest, n: int) -> float:
         start = time.perf_counter()
@@ -420,18 +436,25 @@ def time_handler(t: Timer, workdir: Path) -> dict[str, float]:
 
     best: dict[str, float] = {}
     number = 2000 if t.repeat > 3 else 300
+    real_log = getattr(proxy_app, "_access_log", None)
     with stderr_to(str(workdir / "handler.log")):
         configure_logging("json")
+        handlers = {}
+        for label, no_log, no_metrics in VARIANTS:
+            handler = make_handler(NoMetrics() if no_metrics else Metrics())
+            if no_log:
+                disable_access_log(handler)
+            handlers[label] = handler
         try:
             for _ in range(t.repeat):
-                for label, (handler, no_log) in handlers.items():
-                    proxy_app._access_log = _no_log if no_log else real_log  # type: ignore[assignment]
+                for label, handler in handlers.items():
                     for name, request in requests:
                         key = f"{name}, {label}"
                         took = loop.run_until_complete(batch(handler, request, number)) / number
                         best[key] = min(best.get(key, took), took)
         finally:
-            proxy_app._access_log = real_log  # type: ignore[assignment]
+            if real_log is not None:
+                proxy_app._access_log = real_log  # type: ignore[attr-defined]
     loop.close()
     for key, seconds in best.items():
         t._record(key, seconds * 1e6)
@@ -450,6 +473,135 @@ def _no_log(exchange: Exchange, duration: float) -> None:
     return None
 
 
+class BareClient(asyncio.Protocol):
+    """The least an HTTP/1.1 keep-alive client can do: write a request, frame the response."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        parsed = loadgen.parse_response(self.buffer)
+        if parsed is not None and self.waiter is not None:
+            del self.buffer[: parsed[1]]
+            self.waiter.set_result(parsed[0])
+
+    async def request(self, raw: bytes) -> int:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return await self.waiter
+
+
+def time_client_half(t: Timer, workdir: Path) -> None:
+    """CPU per request of the client half alone, against a local upstream, one at a time."""
+    import aiohttp
+    import uvloop
+
+    from proxy.forward import Forwarder
+
+    section("the client half: CPU us per upstream request (process_time, c=1, local upstream)")
+    number = 1000 if t.repeat <= 3 else 4000
+    with harness.Processes(workdir) as procs:
+        upstream = harness.start_upstream(procs, harness.find_binary("nginx"))
+        url = f"http://127.0.0.1:{upstream.port}/api/items?page=1"
+        raw = loadgen.build_request(
+            "GET", "127.0.0.1", upstream.port, "/api/items?page=1", b"", None
+        )
+
+        async def cpu_per_request(one: Callable[[], Awaitable[object]]) -> float:
+            for _ in range(200):
+                await one()  # warm: connections pooled, caches filled
+            best = float("inf")
+            for _ in range(t.repeat):
+                start = time.process_time()
+                for _ in range(number):
+                    await one()
+                best = min(best, (time.process_time() - start) / number)
+            return best * 1e6
+
+        async def measure() -> dict[str, float]:
+            results = {}
+            async with aiohttp.ClientSession() as session:
+
+                async def default() -> None:
+                    async with session.get(url) as response:
+                        await response.read()
+
+                results["default"] = await cpu_per_request(default)
+            forwarder = Forwarder()
+            await forwarder.start()
+            session = forwarder._session
+            assert session is not None
+            timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
+            headers = CIMultiDictProxy(CIMultiDict({"Host": f"127.0.0.1:{upstream.port}"}))
+
+            async def as_forwarder() -> None:
+                async with session.request(
+                    "GET",
+                    URL(url, encoded=True),
+                    headers=headers,
+                    allow_redirects=False,
+                    ssl=False,
+                    timeout=timeout,
+                ) as response:
+                    async for _ in response.content.iter_any():
+                        pass
+
+            results["forwarder"] = await cpu_per_request(as_forwarder)
+            await forwarder.close()
+            loop = asyncio.get_running_loop()
+            _, bare = await loop.create_connection(BareClient, "127.0.0.1", upstream.port)
+            results["bare"] = await cpu_per_request(lambda: bare.request(raw))
+            assert bare.transport is not None
+            bare.transport.close()
+            return results
+
+        results = uvloop.run(measure())
+    t._record(
+        "aiohttp ClientSession() defaults: get + read (as the naive proxy)", results["default"]
+    )
+    t._record(
+        "aiohttp as proxy/forward.py sets it up: request + iter_any (timeouts, skip headers)",
+        results["forwarder"],
+    )
+    t._record("a bare asyncio protocol: write the request bytes, frame the answer", results["bare"])
+
+
+def time_server_half(t: Timer, workdir: Path) -> None:
+    """CPU per request of a server that only answers: a bare protocol vs aiohttp's server."""
+    section("the server half: CPU us per request answered (utime+stime, wrk or loadgen c=50)")
+    seconds = 2.0 if t.repeat <= 3 else 5.0
+    cpus = harness.cpu_plan(pin=True)
+    driver = harness.make_driver(workdir, cpus.get("driver"))
+    load = harness.Load("GET", "/api/items?page=1")
+    with harness.Processes(workdir, cpus) as procs:
+        for label, extra in (
+            ("a bare asyncio protocol on uvloop (bench/upstream.py)", []),
+            ("aiohttp low-level web.Server on uvloop, fixed web.Response", ["--aiohttp"]),
+        ):
+            port = harness.free_port()
+            argv = [sys.executable, str(harness.BENCH_DIR / "upstream.py"), "--port", str(port)]
+            service = procs.start(
+                f"server-{len(procs.services)}", argv + extra, port, role="target", kind=label
+            )
+            harness.wait_ready(service)
+            driver.run(port, load, 50, 1.0)  # warm
+            best = float("inf")
+            for _ in range(max(1, t.repeat // 2)):
+                before = service.cpu()
+                result = driver.run(port, load, 50, seconds)
+                if result.failed:
+                    raise harness.BenchError(f"{label} failed: {result}")
+                best = min(best, (service.cpu() - before) / max(1, result.requests))
+            t._record(f"{label} ({driver.name.split()[0]})", best * 1e6)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="micro-costs of signing-proxy's hot path")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
@@ -462,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         time_metrics(t)
         time_request_path(t)
         time_handler(t, workdir)
+        time_client_half(t, workdir)
+        time_server_half(t, workdir)
     return 0
 
 

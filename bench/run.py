@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -494,10 +495,37 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPU(s) ({len(os.sched_getaffinity(0))} usable), {model}"
 
 
+def code_version() -> str:
+    """signing-proxy's version and commit, and whether proxy/ differs from that commit."""
+    from proxy import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(h.REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(h.REPO), "status", "--porcelain", "--", "proxy"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"signing-proxy {__version__} (no git)"
+    return f"signing-proxy {__version__} at {commit}" + (
+        " + uncommitted changes in proxy/" if dirty else ""
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     out = h.print_flush
     out(f"signing-proxy bench: {machine_description()}; python {sys.version.split()[0]}")
+    out(f"code: {code_version()}")
     idle = h.measure_machine_busy(2.0)
     waited = 0.0
     while idle.busy > opts.busy_threshold and waited < opts.wait_idle:
@@ -564,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "machine": machine_description(),
+                    "code": code_version(),
                     "options": {k: str(v) for k, v in asdict(opts).items()},
                     "facts": run.facts,
                     "rows": [asdict(r) for r in rows],

@@ -90,27 +90,52 @@ def _content_length(head: bytes) -> int:
     return int(head[start : end if end >= 0 else len(head)].strip())
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, *, use_aiohttp: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(UpstreamProtocol, host, port, reuse_address=True, backlog=512)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if use_aiohttp:
+        await serve_aiohttp(host, port, stop)
+        return
+    server = await loop.create_server(UpstreamProtocol, host, port, reuse_address=True, backlog=512)
     async with server:
         await stop.wait()
+
+
+async def serve_aiohttp(host: str, port: int, stop: asyncio.Event) -> None:
+    """The same answer through aiohttp's low-level server (what signing-proxy's server half is
+    built on): for measuring what aiohttp's server costs per request."""
+    from aiohttp import web
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        if request.body_exists:
+            await request.read()
+        return web.Response(body=BODY, content_type="application/json")
+
+    runner = web.ServerRunner(web.Server(handler, access_log=None), shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--aiohttp", action="store_true", help="serve through aiohttp's low-level server instead"
+    )
     args = parser.parse_args()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, use_aiohttp=args.aiohttp))
     else:
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(serve(args.host, args.port, use_aiohttp=args.aiohttp))
 
 
 if __name__ == "__main__":
