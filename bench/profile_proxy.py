@@ -93,7 +93,7 @@ SHARED: Final = (
 # Inclusive shares worth knowing: (label, regex on "Qualified.name (/file").
 KEY_FUNCTIONS: Final = (
     ("ProxyHandler.__call__ (the whole handler)", r"^ProxyHandler\.__call__ \(/proxy/app"),
-    ("  _access_log (one access log line)", r"^_access_log \(/proxy/app"),
+    ("  _access_log (one access log line)", r"^(ProxyHandler\.)?_access_log \(/proxy/app"),
     ("  Metrics.observe", r"^Metrics\.observe \("),
     ("  in_flight inc/dec", r"^(Gauge\.inc|Gauge\.dec) \("),
     ("  parse_target", r"^parse_target \("),
