@@ -284,7 +284,9 @@ def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:
         log.warning("signing_warning", route=route.name, warning=result.details["warning"])
     signed = result.request
     if signed.body is not None or signed.spooled is not None:
-        signed = signed.with_headers({"Content-Length": str(signed.body_size)})
+        length = str(signed.body_size)
+        if signed.headers.get("Content-Length") != length:  # a copy only when it changed
+            signed = signed.with_headers({"Content-Length": length})
     return signed
 
 

@@ -69,6 +69,8 @@ def _split(text: str, index: int) -> tuple[str, str]:
 
 
 def _check_path(path: str) -> None:
+    if "%" not in path and "\\" not in path and "/." not in path:
+        return  # the common case: no segment can be `.` or `..`, encoded or not
     decoded = _ENCODED_DOT_OR_SLASH.sub(lambda m: chr(int(m.group(1), 16)), path)
     for segment in re.split(r"[/\\]", decoded):
         # Up to the first ';': servlet containers read `..;x` as a `..` segment.
