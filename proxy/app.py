@@ -26,14 +26,15 @@ from proxy.errors import ProxyError, error_response
 from proxy.exchange import Exchange
 from proxy.forward import (
     CHUNK_SIZE,
+    HOP_BY_HOP,
     Forwarder,
     RetryableStatus,
     UpstreamAborted,
     UpstreamOptions,
-    strip_hop_by_hop,
+    connection_tokens,
 )
 from proxy.limits import RouteLimits
-from proxy.logs import bound_logger, get_logger
+from proxy.logs import access_log, get_logger
 from proxy.metrics import Metrics
 from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
 from proxy.signers import (
@@ -101,7 +102,6 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
-        self._log_request = bound_logger("signing_proxy").info
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
@@ -131,19 +131,21 @@ class ProxyHandler:
             self.metrics.observe(exchange, duration)
             self._access_log(exchange, duration)
 
-    def _access_log(self, exchange: Exchange, duration: float) -> None:
-        self._log_request(
-            "request",
-            route=exchange.route,
-            method=exchange.method,
-            path=exchange.path,
-            status=exchange.status,
-            duration_ms=round(duration * 1000, 3),
-            bytes_in=exchange.bytes_in,
-            bytes_out=exchange.bytes_out,
-            upstream=exchange.upstream_host,
-            error=exchange.error,
-            aborted=exchange.aborted,
+    @staticmethod
+    def _access_log(exchange: Exchange, duration: float) -> None:
+        access_log.write(
+            {
+                "route": exchange.route,
+                "method": exchange.method,
+                "path": exchange.path,
+                "status": exchange.status,
+                "duration_ms": round(duration * 1000, 3),
+                "bytes_in": exchange.bytes_in,
+                "bytes_out": exchange.bytes_out,
+                "upstream": exchange.upstream_host,
+                "error": exchange.error,
+                "aborted": exchange.aborted,
+            }
         )
 
     async def _handle(
@@ -205,7 +207,10 @@ class ProxyHandler:
             return await self._forward(request, runtime, route, upstream, exchange)
         body = await read_body(request, route.config, route.signer.new_body_digest())
         try:
-            upstream = prepare_upstream(match, request.method, query, request.headers, body.data)
+            size = body.spooled.size if body.spooled is not None else None
+            upstream = prepare_upstream(
+                match, request.method, query, request.headers, body.data, body_size=size
+            )
             if body.spooled is not None:
                 upstream = upstream.replace(body_digest=body.digest, spooled=body.spooled)
             return await self._forward(request, runtime, route, upstream, exchange)
@@ -296,16 +301,45 @@ def prepare_upstream(
     query: str,
     headers: CIMultiDictProxy[str] | CIMultiDict[str],
     body: bytes | None,
+    *,
+    body_size: int | None = None,
 ) -> UpstreamRequest:
     """The request to sign: the app's request minus hop-by-hop headers, with the route's static
-    header edits, `Host` set to the upstream's, and the path mapped onto the upstream's."""
+    header edits, `Host` set to the upstream's, `Content-Length` set to the size of a body read
+    for signing (`body`, or `body_size` when it was spooled), and the path mapped onto the
+    upstream's. One pass over the app's headers, which keep their order."""
     route = match.route
-    out = strip_hop_by_hop(headers)
-    edits = route.config.headers
-    for name in (*edits.remove, *edits.set):
-        out.popall(name, None)
-    out.extend(edits.set)
-    out["Host"] = route.upstream_host
+    edited = route.edited_headers
+    named = connection_tokens(headers)
+    if body is not None:
+        body_size = len(body)
+    length = None if body_size is None else str(body_size)
+    out: CIMultiDict[str] = CIMultiDict()
+    host_done = length_done = False
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "host":
+            if not host_done:
+                out.add(name, route.upstream_host)
+                host_done = True
+            continue
+        if (
+            lowered in HOP_BY_HOP
+            or lowered in edited
+            or lowered.startswith("proxy-")
+            or (named and lowered in named)
+        ):
+            continue
+        if length is not None and lowered == "content-length":
+            if value != length or length_done:  # the body we send decides its length
+                continue
+            length_done = True
+        out.add(name, value)
+    out.extend(route.config.headers.set)
+    if not host_done:
+        out.add("Host", route.upstream_host)
+    if length is not None and not length_done:
+        out.add("Content-Length", length)
     return UpstreamRequest(
         method=method,
         scheme=route.upstream_scheme,

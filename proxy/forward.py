@@ -41,25 +41,37 @@ HOP_BY_HOP: Final = frozenset(
 CHUNK_SIZE: Final = 64 * 1024
 SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-# aiohttp's client adds these unless told not to; a proxy must send only what the app sent.
-_SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # RFC 9110 5.1 field names. aiohttp's client parser is lenient with responses: it keeps
 # `Content-Length : 5` as a header named "Content-Length " (and then reads to EOF); relayed,
 # a lenient client would take it as a Content-Length beside our own framing.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Checked for all names at once: joined by newlines, which no valid name contains.
+_TOKENS: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+_CONTENT_LENGTH: Final = frozenset({"content-length"})
 
 
-def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """Drop hop-by-hop headers: the fixed set, `Proxy-*`, and those `Connection` names."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """The header names a `Connection` header lists (hop-by-hop too), lower-cased."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def strip_hop_by_hop(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], also: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """Drop hop-by-hop headers: the fixed set, `Proxy-*`, those `Connection` names, and the
+    lower-case names in `also`."""
+    named = connection_tokens(headers)
     result: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in named or lowered.startswith("proxy-"):
+        if (
+            lowered in HOP_BY_HOP
+            or lowered.startswith("proxy-")
+            or (named and lowered in named)
+            or (also and lowered in also)
+        ):
             continue
         result.add(name, value)
     return result
@@ -102,6 +114,23 @@ class UpstreamAborted(Exception):
     is cut so the client sees an incomplete response, never a truncated one that looks whole."""
 
 
+class _VerbatimRequest(aiohttp.ClientRequest):
+    """aiohttp's client request, minus the headers it adds on its own.
+
+    aiohttp adds Accept, Accept-Encoding, User-Agent and (for a body) Content-Type unless told
+    to skip them, and the session's `skip_auto_headers` takes a slow path on every request
+    (a copy of all headers, ~4 us); a proxy must send only what the app sent, always, so the
+    skipping is fixed here once. The forwarding tests check that nothing is added.
+    """
+
+    _skip_auto_headers = CIMultiDict(
+        (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+    )
+
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        pass
+
+
 class Forwarder:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -111,7 +140,7 @@ class Forwarder:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            request_class=_VerbatimRequest,
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
         )
@@ -198,11 +227,10 @@ class Forwarder:
             raise ProxyError(
                 502, "upstream_bad_response", f"the upstream sent status {response.status}"
             )
-        if not all(_TOKEN.fullmatch(name) for name in response.headers):
+        if response.headers and not _TOKENS.fullmatch("\n".join(response.headers.keys())):
             raise ProxyError(
                 502, "upstream_bad_response", "the upstream sent an invalid header name"
             )
-        headers = strip_hop_by_hop(response.headers)
         length = response.content_length
         if (
             length is not None
@@ -210,7 +238,10 @@ class Forwarder:
             and client.method != "HEAD"
             and response.status not in _NO_BODY_STATUSES
         ):
+            # web.Response sets Content-Length from the body it is given.
+            headers = strip_hop_by_hop(response.headers, _CONTENT_LENGTH)
             return await _whole(client, response, headers, exchange)
+        headers = strip_hop_by_hop(response.headers)
         out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
         try:
             await out.prepare(client)
@@ -259,7 +290,6 @@ async def _whole(
         raise ProxyError(
             502, "upstream_bad_response", f"the upstream response broke off: {_reason(exc)}"
         ) from exc
-    headers.popall("Content-Length", None)  # web.Response sets it from the body
     out = web.Response(status=response.status, reason=response.reason, headers=headers, body=body)
     try:
         await out.prepare(client)  # here, not after we return: a bad header is still a 502

@@ -91,6 +91,8 @@ class Route:
     upstream_scheme: str
     upstream_host: str  # host[:port] as sent in the Host header
     upstream_base_path: str
+    # Lower-cased names the route's header edits replace or remove (`headers.set`/`.remove`).
+    edited_headers: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -121,6 +123,9 @@ class Route:
             upstream_scheme=url.scheme,
             upstream_host=authority,
             upstream_base_path=url.raw_path.rstrip("/"),
+            edited_headers=frozenset(
+                name.lower() for name in (*config.headers.remove, *config.headers.set)
+            ),
         )
 
     def matches_host(self, host: str, port: int | None) -> bool:

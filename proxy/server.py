@@ -27,7 +27,7 @@ from proxy.admin import make_admin_app
 from proxy.app import ProxyHandler, Runtime
 from proxy.config import Config, ConfigError, load_config, parse_host_port
 from proxy.forward import Forwarder
-from proxy.logs import get_logger
+from proxy.logs import access_log, get_logger
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, watched_files
 from proxy.signals import StopSignals
@@ -194,6 +194,7 @@ class ProxyServer:
         for route in self.runtime.table.routes:
             await route.signer.close()
         await self.forwarder.close()
+        access_log.flush()  # the last turn's lines, before the "stopped" line
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
