@@ -11,8 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def make_admin_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
+def make_admin_app(
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
+    before_scrape: Callable[[], None] | None = None,
+) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
+        if before_scrape is not None:
+            before_scrape()
         response = web.Response(body=generate_latest(registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -106,7 +106,7 @@ class ProxyHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
         exchange = Exchange(request.method, request.path, time.perf_counter())
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         try:
             return await self._handle(request, runtime, exchange)
         except ProxyError as err:
@@ -124,7 +124,7 @@ class ProxyHandler:
             exchange.error = exchange.error or "client_closed"
             raise
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
             if exchange.upstream_date and exchange.route:
                 self.clock.observe(exchange.route, exchange.upstream_date)
             duration = time.perf_counter() - exchange.started
@@ -373,6 +373,8 @@ async def read_body(
     if declared is not None and declared > limit:
         raise _too_large(limit)
     await _send_continue(request)
+    if declared is not None and (digest is None or declared <= route.spool_threshold_bytes):
+        return ReadBody(await _read_declared(request, declared))
     memory = bytearray()
     spooled: SpooledBody | None = None
     size = 0
@@ -404,6 +406,19 @@ async def read_body(
     if spooled is not None:
         return ReadBody(None, spooled, digest)
     return ReadBody(bytes(memory))
+
+
+async def _read_declared(request: web.BaseRequest, length: int) -> bytes:
+    """A body of known length, under the spool threshold: one read, no per-chunk loop."""
+    if length == 0:
+        return b""  # aiohttp's reader for "no body" refuses even a read of 0 bytes
+    try:
+        return await request.content.readexactly(length)
+    except asyncio.IncompleteReadError as err:
+        message = f"the request body ended after {len(err.partial)} of its {length} bytes"
+        raise ProxyError(400, "invalid_body", message) from None
+    except (HttpProcessingError, web.RequestPayloadError) as err:
+        raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
 
 
 def _is_utf8(value: bytes) -> bool:

@@ -33,8 +33,12 @@ class ClockSkew:
         )
         self._parsed: tuple[str, float] = ("", 0.0)  # Date changes once a second: parse once
         self._warned: dict[str, float] = {}
+        self._seen: dict[str, str] = {}  # route -> the last Date header it was checked with
 
     def observe(self, route: str, date_header: str) -> None:
+        if self._seen.get(route) == date_header:
+            return  # checked already this second; the answer cannot change within it
+        self._seen[route] = date_header
         upstream = self._parse(date_header)
         if upstream is None:
             return

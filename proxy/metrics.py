@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -19,16 +21,62 @@ _BYTE_BUCKETS: Final = tuple(float(4**n) for n in range(3, 16))  # 64 B .. 1 GiB
 _MAX_CACHED: Final = 4096
 
 
+class _Tally:
+    """One histogram child's observations since the last `sync`: counts per bucket and a sum,
+    plain Python numbers. prometheus-client takes a lock per update (and, with `--workers`,
+    writes a memory-mapped file); on the request path a list index and two additions do."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # prometheus-client's rule: the first bucket whose upper bound is >= value.
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def sync(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        # The child's own per-bucket values (not cumulative; exposition sums them), as
+        # `Histogram.observe` updates them: there is no public call that adds n at once.
+        buckets = self._child._buckets
+        for index, count in enumerate(counts):
+            if count:
+                buckets[index].inc(count)
+                counts[index] = 0
+        self._child._sum.inc(self._sum)
+        self._sum = 0.0
+
+
 @dataclass(frozen=True, slots=True)
-class _RouteChildren:
-    duration: Histogram
-    upstream: Histogram
-    body_in: Histogram
-    body_out: Histogram
+class _RouteTallies:
+    duration: _Tally
+    upstream: _Tally
+    body_in: _Tally
+    body_out: _Tally
+
+    def sync(self) -> None:
+        for tally in (self.duration, self.upstream, self.body_in, self.body_out):
+            tally.sync()
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """The request metrics. The request path only adds to plain per-route tallies; `sync()`
+    moves them into the prometheus-client metrics. A single process syncs before each scrape
+    of its admin port. A worker of `--workers N` (`sync_each_turn`) syncs at the end of each
+    event-loop turn that finished requests, so its counts are in the shared files, for the
+    supervisor's scrape, as soon as the requests are answered: a worker that is killed loses
+    none."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, sync_each_turn: bool = False
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -62,7 +110,7 @@ class Metrics:
             ["route"],
             registry=r,
         )
-        self.in_flight = Gauge(
+        self.in_flight_gauge = Gauge(
             "signing_proxy_in_flight_requests",
             "Requests being handled now.",
             registry=r,
@@ -90,39 +138,59 @@ class Metrics:
             multiprocess_mode="max",
         )
         build_info.labels(version=__version__).set(1)
-        self._route_children: dict[str, _RouteChildren] = {}
-        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        self.in_flight = 0  # requests being handled now; the handler counts them
+        self._sync_each_turn = sync_each_turn
+        self._sync_scheduled = False
+        self._routes: dict[str, _RouteTallies] = {}
+        # (route, method, status) -> [the counter child, requests since the last sync]
+        self._requests: dict[tuple[str, str, int], list[Any]] = {}
 
     def observe(self, exchange: Exchange, duration: float) -> None:
         route = exchange.route or NO_ROUTE
-        children = self._route_children.get(route) or self._children_for(route)
+        tallies = self._routes.get(route) or self._tallies_for(route)
         key = (route, exchange.method, exchange.status)
-        counter = self._request_counters.get(key)
-        if counter is None:
+        pending = self._requests.get(key)
+        if pending is not None:
+            pending[1] += 1
+        else:
             method = exchange.method if exchange.method in _METHODS else "OTHER"
             counter = self.requests.labels(route, method, str(exchange.status))
-            if len(self._request_counters) < _MAX_CACHED:  # odd methods must not grow it
-                self._request_counters[key] = counter
-        counter.inc()
-        children.duration.observe(duration)
+            if len(self._requests) < _MAX_CACHED:  # odd methods must not grow it
+                self._requests[key] = [counter, 1]
+            else:
+                counter.inc()
+        tallies.duration.observe(duration)
         if exchange.upstream_seconds is not None:
-            children.upstream.observe(exchange.upstream_seconds)
+            tallies.upstream.observe(exchange.upstream_seconds)
         if exchange.error:
             self.errors.labels(route, exchange.error).inc()
         if exchange.route:
-            children.body_in.observe(exchange.bytes_in)
-            children.body_out.observe(exchange.bytes_out)
+            tallies.body_in.observe(exchange.bytes_in)
+            tallies.body_out.observe(exchange.bytes_out)
+        if self._sync_each_turn and not self._sync_scheduled:
+            self._sync_scheduled = True
+            asyncio.get_running_loop().call_soon(self.sync)
 
-    def _children_for(self, route: str) -> _RouteChildren:
-        # Looking a labelled child up costs microseconds a request; keep them per route.
-        children = _RouteChildren(
-            self.request_duration.labels(route),
-            self.upstream_duration.labels(route),
-            self.request_body_bytes.labels(route),
-            self.response_body_bytes.labels(route),
+    def sync(self) -> None:
+        """Move what the request path tallied into the exported metrics."""
+        self._sync_scheduled = False
+        for pending in self._requests.values():
+            if pending[1]:
+                pending[0].inc(pending[1])
+                pending[1] = 0
+        for tallies in self._routes.values():
+            tallies.sync()
+        self.in_flight_gauge.set(self.in_flight)
+
+    def _tallies_for(self, route: str) -> _RouteTallies:
+        tallies = _RouteTallies(
+            _Tally(self.request_duration.labels(route)),
+            _Tally(self.upstream_duration.labels(route)),
+            _Tally(self.request_body_bytes.labels(route)),
+            _Tally(self.response_body_bytes.labels(route)),
         )
-        self._route_children[route] = children
-        return children
+        self._routes[route] = tallies
+        return tallies
 
 
 class ReloadMetrics:

@@ -60,7 +60,7 @@ class ProxyServer:
         # (SO_REUSEPORT); the supervisor owns the admin port and reads this worker's readiness
         # from the shared metrics.
         self.worker = worker
-        self.metrics = Metrics()
+        self.metrics = Metrics(sync_each_turn=worker)
         self.reload_metrics = ReloadMetrics(self.metrics.registry)
         self.credential_metrics = CredentialMetrics(self.metrics.registry)
         self.forwarder = Forwarder()
@@ -100,7 +100,7 @@ class ProxyServer:
         if self.worker:
             self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
         else:
-            admin_app = make_admin_app(self.metrics.registry, self.is_ready)
+            admin_app = make_admin_app(self.metrics.registry, self.is_ready, self.metrics.sync)
             admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
             sites.append((admin_runner, self.admin))
         for runner, address in sites:
@@ -133,8 +133,10 @@ class ProxyServer:
         )
 
     async def _report_readiness(self, gauge: Gauge) -> None:
+        """A worker's report to the supervisor, through the shared metrics files."""
         while True:
             gauge.set(1 if self.is_ready() else 0)
+            self.metrics.sync()  # the in-flight gauge
             await asyncio.sleep(0.5)
 
     async def reload(self, reason: str) -> bool:
@@ -194,6 +196,7 @@ class ProxyServer:
         for route in self.runtime.table.routes:
             await route.signer.close()
         await self.forwarder.close()
+        self.metrics.sync()  # a worker's last requests reach the supervisor's scrape
         access_log.flush()  # the last turn's lines, before the "stopped" line
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
