@@ -224,10 +224,17 @@ def time_metrics(t: Timer) -> dict[str, float]:
     )
 
     def in_flight() -> None:
-        metrics.in_flight.inc()
-        metrics.in_flight.dec()
+        metrics.in_flight += 1
+        metrics.in_flight -= 1
 
-    costs["in_flight"] = t.time("in_flight.inc() + in_flight.dec()", in_flight)
+    costs["in_flight"] = t.time("in_flight += 1; in_flight -= 1 (exported at sync)", in_flight)
+
+    def observe_64_then_sync() -> None:
+        for _ in range(64):
+            metrics.observe(ex, 0.00123)
+        metrics.sync()
+
+    t.time("64 x Metrics.observe + one Metrics.sync (a scrape's share)", observe_64_then_sync)
     t.time(
         "  part: requests.labels(route, method, code) lookup",
         lambda: metrics.requests.labels("bench-bearer", "GET", "200"),
@@ -349,22 +356,15 @@ class NoMetrics:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
-
-    class _Gauge:
-        def inc(self) -> None:
-            pass
-
-        def dec(self) -> None:
-            pass
-
-    in_flight = _Gauge()
+        self.in_flight = 0
 
     def observe(self, exchange: Exchange, duration: float) -> None:
         pass
 
 
 def time_client_request(t: Timer) -> None:
-    """aiohttp's per-request cost of the session's skip_auto_headers (proxy/forward.py sets it)."""
+    """aiohttp's per-request cost of a session's skip_auto_headers (proxy/forward.py now skips
+    them in a ClientRequest subclass instead, at the fast path's cost)."""
     import aiohttp
 
     loop = asyncio.new_event_loop()
@@ -378,7 +378,7 @@ def time_client_request(t: Timer) -> None:
         return
     skip = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
     t.time(
-        "aiohttp ClientRequest.update_auto_headers(4 skipped), as forward.py's session",
+        "aiohttp ClientRequest.update_auto_headers(4 skipped), a session's skip_auto_headers",
         lambda: request.update_auto_headers(skip),
     )
     t.time(
@@ -394,6 +394,9 @@ class FakeContent:
 
     async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
         yield self.body
+
+    async def readexactly(self, n: int) -> bytes:
+        return self.body[:n]
 
 
 class FakeRequest:

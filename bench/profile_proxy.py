@@ -35,8 +35,8 @@ import harness as h
 
 # (component, substrings of the frame's file); the first rule that matches a frame wins.
 COMPONENTS: Final = (
-    ("access log (structlog, orjson, write)", ("/structlog/", "proxy/logs.py")),
-    ("metrics (prometheus_client)", ("/prometheus_client/", "proxy/metrics.py")),
+    ("access log (proxy/logs.py, orjson, write)", ("/structlog/", "proxy/logs.py")),
+    ("metrics (proxy/metrics.py, prometheus_client)", ("/prometheus_client/", "proxy/metrics.py")),
     ("signing (proxy/signers)", ("proxy/signers/",)),
     ("routing (proxy/routing.py)", ("proxy/routing.py",)),
     ("limits / access control", ("proxy/limits.py", "proxy/access.py")),
@@ -95,7 +95,8 @@ KEY_FUNCTIONS: Final = (
     ("ProxyHandler.__call__ (the whole handler)", r"^ProxyHandler\.__call__ \(/proxy/app"),
     ("  _access_log (one access log line)", r"^(ProxyHandler\.)?_access_log \(/proxy/app"),
     ("  Metrics.observe", r"^Metrics\.observe \("),
-    ("  in_flight inc/dec", r"^(Gauge\.inc|Gauge\.dec) \("),
+    ("access log flush (one write per loop turn)", r"^AccessLog\.flush \("),
+    ("Metrics.sync (at scrape)", r"^Metrics\.sync \("),
     ("  parse_target", r"^parse_target \("),
     ("  RouteTable.match", r"^RouteTable\.match \("),
     ("  read_body (devo)", r"^read_body \("),
