@@ -557,6 +557,33 @@ def time_client_half(t: Timer, workdir: Path) -> None:
                         pass
 
             results["forwarder"] = await cpu_per_request(as_forwarder)
+
+            # What ClientSession's per-request machinery costs: the same exchange driven
+            # through aiohttp's own parts (ClientRequest, the connector, ClientResponse; its
+            # framing, not ours) without the session. Internal API: a measurement only.
+            connector = session.connector
+            assert connector is not None
+            loop = asyncio.get_running_loop()
+            target = URL(url, encoded=True)
+
+            async def without_session() -> None:
+                request = aiohttp.ClientRequest(
+                    "GET", target, headers=headers, loop=loop, ssl=False, session=session
+                )
+                connection = await connector.connect(request, [], timeout)
+                assert connection.protocol is not None
+                connection.protocol.set_response_params(
+                    read_timeout=60, auto_decompress=False, read_until_eof=True
+                )
+                response = await request.send(connection)
+                await response.start(connection)
+                await response.read()
+                response.release()
+
+            try:
+                results["sessionless"] = await cpu_per_request(without_session)
+            except (TypeError, AttributeError) as err:  # internal API changed: skip the row
+                print(f"(aiohttp without ClientSession not measurable here: {err!r})")
             await forwarder.close()
             loop = asyncio.get_running_loop()
             _, bare = await loop.create_connection(BareClient, "127.0.0.1", upstream.port)
@@ -573,6 +600,11 @@ def time_client_half(t: Timer, workdir: Path) -> None:
         "aiohttp as proxy/forward.py sets it up: request + iter_any (timeouts, skip headers)",
         results["forwarder"],
     )
+    if "sessionless" in results:
+        t._record(
+            "aiohttp's ClientRequest + connector + ClientResponse, no ClientSession",
+            results["sessionless"],
+        )
     t._record("a bare asyncio protocol: write the request bytes, frame the answer", results["bare"])
 
 
