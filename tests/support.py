@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -214,6 +215,22 @@ class ProxyProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request_events(self, timeout: float = 5, **match: object) -> list[dict[str, Any]]:
+        """The access-log events whose fields equal `match`, waiting up to `timeout` for the
+        first: a line is written at the end of the event-loop turn that answered, so it can
+        reach the log a moment after the client has its response."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
+            found = [
+                e
+                for e in events
+                if e.get("event") == "request" and all(e.get(k) == v for k, v in match.items())
+            ]
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
 
     def rss_bytes(self) -> int:
         assert self.process is not None

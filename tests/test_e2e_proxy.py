@@ -281,8 +281,7 @@ def test_admin_endpoints(proxy: ProxyProcess) -> None:
 
 def test_access_log_is_json_lines(proxy: ProxyProcess) -> None:
     requests.get(f"{proxy.url}/svc/logged?secret-ish=1", timeout=10)
-    events = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-    access = [e for e in events if e.get("event") == "request" and e.get("path") == "/svc/logged"]
+    access = proxy.request_events(path="/svc/logged")
     assert access, proxy.logs()
     event = access[-1]
     assert event["route"] == "by-prefix"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Iterator
 
 import aiohttp
@@ -76,8 +75,7 @@ def _error(response: requests.Response, status: int, code: str, route: str | Non
 
 
 def _logged(proxy: ProxyProcess, code: str) -> list[dict[str, object]]:
-    events = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-    return [e for e in events if e.get("event") == "request" and e.get("error") == code]
+    return proxy.request_events(error=code)
 
 
 def test_unreachable_upstream_is_502(proxy: ProxyProcess) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import queue
 import socket
@@ -291,18 +290,10 @@ def _error(response: requests.Response, status: int, code: str) -> str:
     return message
 
 
-def _request_events(proxy: ProxyProcess, path: str) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-    return [e for e in events if e.get("event") == "request" and e.get("path") == path]
-
-
 def _logged(proxy: ProxyProcess, path: str, timeout: float = 5) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := _request_events(proxy, path):
-            return found[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"no request event for {path}")
+    found = proxy.request_events(timeout, path=path)
+    assert found, f"no request event for {path}"
+    return found[-1]
 
 
 def _unique(prefix: str) -> str:
