@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
-from proxy.body import SpooledBody
+from proxy.body import SpooledBody, client_body_deadline
 from proxy.clock import ClockSkew
 from proxy.config import Config, RetryConfig, RouteConfig
 from proxy.errors import ProxyError, error_response
@@ -111,7 +111,12 @@ class ProxyHandler:
             return await self._handle(request, runtime, exchange)
         except ProxyError as err:
             exchange.status, exchange.error = err.status, err.code
-            return error_response(err.status, err.code, err.message, exchange.route, err.headers)
+            response = error_response(
+                err.status, err.code, err.message, exchange.route, err.headers
+            )
+            if err.close:
+                response.force_close()
+            return response
         except UpstreamAborted as err:
             exchange.aborted = True
             log.warning("response_aborted", route=exchange.route, reason=str(err))
@@ -193,6 +198,20 @@ class ProxyHandler:
             limits.leave()
 
     async def _sign_and_forward(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        match: RouteMatch,
+        query: str,
+        exchange: Exchange,
+    ) -> web.StreamResponse:
+        idle = match.route.config.timeout.client_body
+        if idle is None or not request.body_exists or request.content.is_eof():
+            return await self._body_sign_forward(request, runtime, match, query, exchange)
+        async with client_body_deadline(request, idle, exchange):
+            return await self._body_sign_forward(request, runtime, match, query, exchange)
+
+    async def _body_sign_forward(
         self,
         request: web.BaseRequest,
         runtime: Runtime,

@@ -1,4 +1,5 @@
-"""Request bodies a signer must hash: held in memory when small, spooled to disk when large.
+"""Request bodies: the app's pace (`client_body_deadline`), and the bodies a signer must hash,
+held in memory when small, spooled to disk when large.
 
 A scheme that can hash incrementally (`Signer.new_body_digest`) has its digest fed chunk by
 chunk as the body arrives; past the route's `spool_threshold_bytes` the bytes go to an unlinked
@@ -10,9 +11,16 @@ dies, whatever happened to the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator
 from typing import IO, Final
+
+from aiohttp import web
+
+from proxy.errors import ProxyError
+from proxy.exchange import Exchange
+from proxy.forward import UpstreamAborted
 
 WRITE_BATCH: Final = 1024 * 1024  # disk writes go to a thread in batches of this size
 
@@ -51,3 +59,51 @@ class SpooledBody:
 
     def __repr__(self) -> str:
         return f"SpooledBody({self.size} bytes)"
+
+
+@contextlib.asynccontextmanager
+async def client_body_deadline(
+    request: web.BaseRequest, idle: float, exchange: Exchange
+) -> AsyncIterator[None]:
+    """Fail the request when the app sends no byte of its body for `idle` seconds.
+
+    The body's byte count is sampled four times per `idle` (a pause is caught within 1.25 x
+    `idle`), and the sampling stops once the body has ended, so only the app's pauses count,
+    never the upstream's time or a long download. A stalled body would otherwise hold the
+    request, its upstream connection and any route concurrency slot for as long as the app
+    keeps the connection open. Expiry answers 408 (`client_body_timeout`), or cuts the
+    connection if the response has already started.
+    """
+    content = request.content
+    loop = asyncio.get_running_loop()
+    every = idle / 4
+    seen, moved = content.total_bytes, loop.time()
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal seen, moved, handle
+        if content.is_eof():
+            return  # the whole body is in: the rest of the exchange is not the app's pace
+        now = loop.time()
+        if content.total_bytes != seen:
+            seen, moved = content.total_bytes, now
+        elif now - moved >= idle:
+            deadline.reschedule(now)  # expires at once: the task is cancelled
+            return
+        handle = loop.call_later(every, check)
+
+    try:
+        async with asyncio.timeout(None) as deadline:
+            handle = loop.call_later(every, check)
+            try:
+                yield
+            finally:
+                handle.cancel()  # the last one scheduled
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # another timeout, not ours
+        exchange.error = "client_body_timeout"
+        message = f"the request body stalled: no byte for {idle:g} s"
+        if exchange.status:
+            raise UpstreamAborted(message) from None  # the response started: cut it
+        raise ProxyError(408, "client_body_timeout", message, close=True) from None

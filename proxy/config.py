@@ -141,6 +141,12 @@ class TimeoutConfig(_Model):
         description="Seconds for the whole exchange, body included; null (default) is no "
         "limit, so long downloads and event streams work.",
     )
+    client_body: float | None = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds the app may pause while sending its request body (between two "
+        "reads, as nginx's client_body_timeout); then 408 client_body_timeout. null disables.",
+    )
 
 
 class TlsConfig(_Model):

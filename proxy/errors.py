@@ -10,13 +10,20 @@ class ProxyError(Exception):
     """An error the proxy answers itself. `message` is shown to the client: never a secret."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.close = close  # the connection cannot carry another request (a body left unread)
 
 
 def error_response(
