@@ -11,6 +11,7 @@ import atexit
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any, Literal
 
 import orjson
@@ -58,6 +59,18 @@ def configure_logging(log_format: LogFormat = "json", level: int = logging.INFO)
     access_log.configure(log_format, level)
 
 
+_parser_refusal_hooks: list[Callable[[], None]] = []
+
+
+def on_parser_refusal(hook: Callable[[], None]) -> Callable[[], None]:
+    """Call `hook` for each request the HTTP parser refuses; returns the call that unhooks it.
+
+    aiohttp answers those 400 itself, before any handler of ours runs: its error log line is
+    the one place that sees them (the metrics count them from here)."""
+    _parser_refusal_hooks.append(hook)
+    return lambda: _parser_refusal_hooks.remove(hook)
+
+
 def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     """A request the HTTP parser refused (aiohttp answers it 400 itself) is one info line, not
     an error with a traceback: any client could otherwise flood the logs with tracebacks."""
@@ -66,6 +79,8 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
         record.msg, record.args = "request refused by the HTTP parser: %s", (error.message,)
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.INFO, "INFO"
+        for hook in _parser_refusal_hooks:
+            hook()
     return True
 
 

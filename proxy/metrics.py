@@ -130,6 +130,11 @@ class Metrics:
             buckets=_BYTE_BUCKETS,
             registry=r,
         )
+        self.parser_refusals = Counter(
+            "signing_proxy_parser_refusals_total",
+            "Requests the HTTP parser refused (answered 400 before any route was matched).",
+            registry=r,
+        )
         build_info = Gauge(
             "signing_proxy_build_info",
             "The running version.",

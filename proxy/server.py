@@ -27,7 +27,7 @@ from proxy.admin import make_admin_app
 from proxy.app import ProxyHandler, Runtime
 from proxy.config import Config, ConfigError, load_config, parse_host_port
 from proxy.forward import Forwarder
-from proxy.logs import access_log, get_logger
+from proxy.logs import access_log, get_logger, on_parser_refusal
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, watched_files
 from proxy.signals import StopSignals
@@ -71,6 +71,7 @@ class ProxyServer:
         self._watcher: ConfigWatcher | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unhook_parser_refusals: Callable[[], None] | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -86,6 +87,7 @@ class ProxyServer:
         # auto_decompress=False: a gzip request body is signed and forwarded as the bytes the
         # app sent, under its own Content-Encoding, never decoded behind the app's back.
         limits = self.runtime.config.request_limits
+        self._unhook_parser_refusals = on_parser_refusal(self.metrics.parser_refusals.inc)
         server = web.Server(
             self.handler,
             handler_cancellation=True,
@@ -193,6 +195,9 @@ class ProxyServer:
         for runner in self._runners:  # the proxy first: it waits for in-flight requests
             await runner.cleanup()
         self._runners.clear()
+        if self._unhook_parser_refusals is not None:
+            self._unhook_parser_refusals()
+            self._unhook_parser_refusals = None
         for route in self.runtime.table.routes:
             await route.signer.close()
         await self.forwarder.close()

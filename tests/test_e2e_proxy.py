@@ -15,6 +15,7 @@ import pytest
 import requests
 import trustme
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ProxyProcess, Upstream, running_proxy, running_upstream
 
@@ -291,10 +292,20 @@ def test_access_log_is_json_lines(proxy: ProxyProcess) -> None:
     assert {"duration_ms", "bytes_in", "bytes_out", "error", "timestamp"} <= set(event)
 
 
+def _parser_refusals(proxy: ProxyProcess) -> float:
+    metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "signing_proxy_parser_refusals":
+            return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    raise AssertionError("signing_proxy_parser_refusals_total is not exported")
+
+
 def test_parser_refusals_log_one_line_without_traceback(proxy: ProxyProcess) -> None:
+    before = _parser_refusals(proxy)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET /svc/x HTTP/1.1\r\nHost: h\r\nX-A: a\x01b\r\n\r\n")
-        assert sock.recv(4096).startswith(b"HTTP/1.")
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.") and b" 400 " in status_line, status_line
     deadline = time.monotonic() + 5
     while "refused by the HTTP parser" not in proxy.logs():
         assert time.monotonic() < deadline, proxy.logs()[-2000:]
@@ -303,3 +314,4 @@ def test_parser_refusals_log_one_line_without_traceback(proxy: ProxyProcess) -> 
     event = json.loads(lines[-1])
     assert event["level"] == "info"
     assert "Traceback" not in proxy.logs()
+    assert _parser_refusals(proxy) == before + 1  # counted, though no handler of ours ran
