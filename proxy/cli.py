@@ -153,7 +153,7 @@ def _check(path: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from proxy.logs import configure_logging
-    from proxy.server import ProxyServer
+    from proxy.server import ProxyServer, settle_garbage_collector
 
     configure_logging(args.log_format)
     config = load_or_report(args.config)
@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
         worker=args.worker,
     )
     try:
-        run_event_loop(server.run_until_signalled())
+        run_event_loop(server.run_until_signalled(on_ready=settle_garbage_collector))
     except OSError as err:  # typically: the address is in use
         print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
         return 1

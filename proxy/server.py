@@ -14,10 +14,11 @@ moment to reach every node), then the listener closes and in-flight requests get
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import Gauge
@@ -35,6 +36,27 @@ from proxy.signals import StopSignals
 log = get_logger("signing_proxy")
 
 RELOAD_POLL_SECONDS = 0.5
+
+
+GC_YOUNG_THRESHOLD: Final = 7000  # Python's default is 700
+
+
+def settle_garbage_collector() -> None:
+    """Once the proxy serves: take the start-up objects out of the cyclic collector's sight and
+    let its young generation grow. For the proxy process only, never a library default.
+
+    After start-up ~50,000 objects (modules, the config model, botocore's data) live as long as
+    the process, and every full collection walked them all: ~22 ms a pause, which doubled p99 at
+    concurrency 50 (bench/README.md). `gc.freeze()` leaves them to reference counting alone
+    (they are not garbage: `gc.collect()` runs first). A request's own objects are freed by
+    reference counting too, but with 700 the ~50 requests in flight trip a young collection
+    every ~20 requests; at 7000 the collector's share of the CPU fell from ~8% to under 1%.
+    Cyclic garbage is still collected, just in larger batches.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 class ProxyServer:

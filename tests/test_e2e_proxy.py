@@ -305,7 +305,8 @@ def test_parser_refusals_log_one_line_without_traceback(proxy: ProxyProcess) -> 
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET /svc/x HTTP/1.1\r\nHost: h\r\nX-A: a\x01b\r\n\r\n")
         status_line = sock.recv(4096).split(b"\r\n", 1)[0]
-        assert status_line.startswith(b"HTTP/1.") and b" 400 " in status_line, status_line
+        assert status_line.startswith(b"HTTP/1."), status_line
+        assert b" 400 " in status_line, status_line
     deadline = time.monotonic() + 5
     while "refused by the HTTP parser" not in proxy.logs():
         assert time.monotonic() < deadline, proxy.logs()[-2000:]

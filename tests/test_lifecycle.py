@@ -117,3 +117,35 @@ def test_demo_self_test_runs() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 3
+
+
+SETTLED_GC = """
+import gc, weakref
+from proxy.server import GC_YOUNG_THRESHOLD, settle_garbage_collector
+
+settle_garbage_collector()
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()  # the start-up objects
+assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_threshold()
+
+
+class Node:
+    pass
+
+
+node = Node()
+node.self = node  # a cycle: only the collector can free it
+alive = weakref.ref(node)
+del node
+gc.collect()
+assert alive() is None, "cyclic garbage made after the freeze must still be collected"
+print("ok")
+"""
+
+
+def test_garbage_collector_settled_after_start_still_collects_cycles() -> None:
+    # In a subprocess: freezing pytest's own heap would change every later test.
+    done = subprocess.run(
+        [sys.executable, "-c", SETTLED_GC], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok", done.stdout
