@@ -398,6 +398,13 @@ class FakeContent:
     async def readexactly(self, n: int) -> bytes:
         return self.body[:n]
 
+    def is_eof(self) -> bool:
+        return True  # a small body arrives with its headers: no client_body deadline is armed
+
+    @property
+    def total_bytes(self) -> int:
+        return len(self.body)
+
 
 class FakeRequest:
     """What the handler reads of aiohttp's request, precomputed: our code's cost alone."""

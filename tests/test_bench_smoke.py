@@ -1,4 +1,5 @@
-"""The benchmark harness works: `bench/run.py --quick` serves through every target and reports.
+"""The benchmark tools work: `bench/run.py --quick` serves through every target and reports;
+`bench/micro.py --quick` times every code path it knows.
 
 A smoke test only: it asserts the run exits 0 and prints the results table, never a speed. It
 works without nginx and wrk (the bench falls back to its Python upstream and load generator)
@@ -33,3 +34,20 @@ def test_bench_quick_mode_runs_every_target_and_prints_the_table(tmp_path: Path)
         assert row in done.stdout, output
     assert "vs naive" in done.stdout, output
     assert report.exists(), output
+
+
+@pytest.mark.slow
+def test_micro_quick_mode_runs_every_section() -> None:
+    # micro.py drives the real handler with stand-ins for aiohttp's request: a smoke run keeps
+    # those stand-ins in step with what the handler reads.
+    done = subprocess.run(
+        [sys.executable, str(BENCH.with_name("micro.py")), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for section in ("the whole handler", "the client half", "the server half"):
+        assert section in done.stdout, output
+    assert "Traceback" not in output, output
