@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import IO, Final
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from proxy.errors import ProxyError
 from proxy.exchange import Exchange
@@ -61,6 +61,45 @@ class SpooledBody:
         return f"SpooledBody({self.size} bytes)"
 
 
+class _BodyPace:
+    """Samples the body's byte count every `idle / 4` and expires `deadline` once it has not
+    moved for `idle` seconds.
+
+    A class rather than a closure, and `stop()` drops every reference: an aborted request's
+    exception holds this frame through its traceback, and a closure's cells (the body stream,
+    the timer handle that points back at the closure, the deadline and with it the task) would
+    then form a cycle that keeps the body's buffered bytes until the cyclic collector runs.
+    """
+
+    __slots__ = ("_content", "_deadline", "_every", "_handle", "_idle", "_loop", "_moved", "_seen")
+
+    def __init__(self, content: StreamReader, deadline: asyncio.Timeout, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._content: StreamReader | None = content
+        self._deadline: asyncio.Timeout | None = deadline
+        self._idle = idle
+        self._every = idle / 4
+        self._seen, self._moved = content.total_bytes, self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(self._every, self._check)
+
+    def _check(self) -> None:
+        content, deadline = self._content, self._deadline
+        if content is None or deadline is None or content.is_eof():
+            return  # stopped, or the whole body is in: the rest is not the app's pace
+        now = self._loop.time()
+        if content.total_bytes != self._seen:
+            self._seen, self._moved = content.total_bytes, now
+        elif now - self._moved >= self._idle:
+            deadline.reschedule(now)  # expires at once: the task is cancelled
+            return
+        self._handle = self._loop.call_later(self._every, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._content = self._deadline = None
+
+
 @contextlib.asynccontextmanager
 async def client_body_deadline(
     request: web.BaseRequest, idle: float, exchange: Exchange
@@ -74,31 +113,13 @@ async def client_body_deadline(
     keeps the connection open. Expiry answers 408 (`client_body_timeout`), or cuts the
     connection if the response has already started.
     """
-    content = request.content
-    loop = asyncio.get_running_loop()
-    every = idle / 4
-    seen, moved = content.total_bytes, loop.time()
-    handle: asyncio.TimerHandle | None = None
-
-    def check() -> None:
-        nonlocal seen, moved, handle
-        if content.is_eof():
-            return  # the whole body is in: the rest of the exchange is not the app's pace
-        now = loop.time()
-        if content.total_bytes != seen:
-            seen, moved = content.total_bytes, now
-        elif now - moved >= idle:
-            deadline.reschedule(now)  # expires at once: the task is cancelled
-            return
-        handle = loop.call_later(every, check)
-
     try:
         async with asyncio.timeout(None) as deadline:
-            handle = loop.call_later(every, check)
+            pace = _BodyPace(request.content, deadline, idle)
             try:
                 yield
             finally:
-                handle.cancel()  # the last one scheduled
+                pace.stop()
     except TimeoutError:
         if not deadline.expired():
             raise  # another timeout, not ours
