@@ -20,22 +20,21 @@ from pydantic import TypeAdapter, ValidationError
 
 from proxy.signers import SIGNERS, AnySignerConfig, build_signer
 from proxy.signers import aws_credentials as creds_module
+from proxy.signers.aws_canonical import (
+    EMPTY_PAYLOAD_SHA256,
+    UNSIGNED_PAYLOAD,
+    canonical_query,
+    canonical_uri,
+    parse_query,
+    remove_dot_segments,
+)
 from proxy.signers.aws_credentials import (
     AwsCredentials,
     CredentialsUnavailableError,
     StaticCredentialSource,
 )
-from proxy.signers.aws_sigv4 import (
-    EMPTY_PAYLOAD_SHA256,
-    UNSIGNED_PAYLOAD,
-    AwsSigV4Config,
-    AwsSigV4Signer,
-    canonical_query,
-    canonical_uri,
-    detect_service_region,
-    parse_query,
-    remove_dot_segments,
-)
+from proxy.signers.aws_endpoints import detect_service_region
+from proxy.signers.aws_sigv4 import AwsSigV4Config, AwsSigV4Signer
 from proxy.signers.base import SigningContext, SignResult, UpstreamRequest
 from tests.verifiers.aws_sigv4 import botocore_recompute, signature_of, signed_header_names
 
