@@ -192,26 +192,16 @@ class ProxyHandler:
             )
         if not limits.try_enter():
             raise ProxyError(503, "concurrency_limited", "this route is at its max_concurrent")
+        idle = match.route.config.timeout.client_body
         try:
-            return await self._sign_and_forward(request, runtime, match, target.query, exchange)
+            if idle is None or not request.body_exists or request.content.is_eof():
+                return await self._sign_and_forward(request, runtime, match, target.query, exchange)
+            async with client_body_deadline(request, idle, exchange):
+                return await self._sign_and_forward(request, runtime, match, target.query, exchange)
         finally:
             limits.leave()
 
     async def _sign_and_forward(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        match: RouteMatch,
-        query: str,
-        exchange: Exchange,
-    ) -> web.StreamResponse:
-        idle = match.route.config.timeout.client_body
-        if idle is None or not request.body_exists or request.content.is_eof():
-            return await self._body_sign_forward(request, runtime, match, query, exchange)
-        async with client_body_deadline(request, idle, exchange):
-            return await self._body_sign_forward(request, runtime, match, query, exchange)
-
-    async def _body_sign_forward(
         self,
         request: web.BaseRequest,
         runtime: Runtime,
