@@ -32,42 +32,25 @@ def _reference() -> bytes:
     registry = CollectorRegistry()
     metrics = Metrics(registry)  # for the metric families that are not per request
     registry.unregister(metrics.requests)
-    registry.unregister(metrics.request_duration)
-    registry.unregister(metrics.upstream_duration)
-    registry.unregister(metrics.request_body_bytes)
-    registry.unregister(metrics.response_body_bytes)
     requests = Counter(
         "signing_proxy_requests_total",
         metrics.requests._documentation,
         ["route", "method", "code"],
         registry=registry,
     )
-    duration = Histogram(
-        "signing_proxy_request_duration_seconds",
-        metrics.request_duration._documentation,
-        ["route"],
-        registry=registry,
-    )
-    upstream = Histogram(
-        "signing_proxy_upstream_duration_seconds",
-        metrics.upstream_duration._documentation,
-        ["route"],
-        registry=registry,
-    )
-    body_in = Histogram(
-        "signing_proxy_request_body_bytes",
-        metrics.request_body_bytes._documentation,
-        ["route"],
-        buckets=_BYTE_BUCKETS,
-        registry=registry,
-    )
-    body_out = Histogram(
-        "signing_proxy_response_body_bytes",
-        metrics.response_body_bytes._documentation,
-        ["route"],
-        buckets=_BYTE_BUCKETS,
-        registry=registry,
-    )
+
+    def same_as(
+        ours: Histogram, buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS
+    ) -> Histogram:
+        registry.unregister(ours)
+        return Histogram(
+            ours._name, ours._documentation, ["route"], registry=registry, buckets=buckets
+        )
+
+    duration = same_as(metrics.request_duration)
+    upstream = same_as(metrics.upstream_duration)
+    body_in = same_as(metrics.request_body_bytes, _BYTE_BUCKETS)
+    body_out = same_as(metrics.response_body_bytes, _BYTE_BUCKETS)
     for exchange, seconds in _exchanges():
         route = exchange.route or "(none)"
         method = exchange.method if exchange.method in {"GET", "POST"} else "OTHER"
