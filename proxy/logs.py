@@ -55,6 +55,10 @@ def configure_logging(log_format: LogFormat = "json", level: int = logging.INFO)
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").disabled = True
     server_log = logging.getLogger("aiohttp.server")
+    # DEBUG, so that the filter also sees the refusals aiohttp logs at debug level (a
+    # connection whose first bytes are not HTTP at all: TLS sent to the plain port, a port
+    # scanner); the filter passes nothing else below WARNING, as before.
+    server_log.setLevel(logging.DEBUG)
     server_log.filters[:] = [_quiet_parser_errors]
     access_log.configure(log_format, level)
 
@@ -75,12 +79,13 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     """A request the HTTP parser refused (aiohttp answers it 400 itself) is one info line, not
     an error with a traceback: any client could otherwise flood the logs with tracebacks."""
     error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, HttpProcessingError):
-        record.msg, record.args = "request refused by the HTTP parser: %s", (error.message,)
-        record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.INFO, "INFO"
-        for hook in _parser_refusal_hooks:
-            hook()
+    if not isinstance(error, HttpProcessingError):
+        return record.levelno >= logging.WARNING
+    record.msg, record.args = "request refused by the HTTP parser: %s", (error.message,)
+    record.exc_info, record.exc_text = None, None
+    record.levelno, record.levelname = logging.INFO, "INFO"
+    for hook in _parser_refusal_hooks:
+        hook()
     return True
 
 

@@ -316,3 +316,18 @@ def test_parser_refusals_log_one_line_without_traceback(proxy: ProxyProcess) -> 
     assert event["level"] == "info"
     assert "Traceback" not in proxy.logs()
     assert _parser_refusals(proxy) == before + 1  # counted, though no handler of ours ran
+
+
+def test_bytes_that_are_not_http_are_counted_as_parser_refusals(proxy: ProxyProcess) -> None:
+    # An app that speaks TLS to the plain port: aiohttp logs this one at debug level only.
+    before = _parser_refusals(proxy)
+    client_hello = bytes.fromhex("16030100a5010000a10303") + bytes(32) + b"\x00\x00\x02\x13\x01"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(client_hello)
+        sock.recv(4096)  # aiohttp answers 400 in plain text, or just closes
+    deadline = time.monotonic() + 5
+    while _parser_refusals(proxy) == before:
+        assert time.monotonic() < deadline, proxy.logs()[-2000:]
+        time.sleep(0.05)
+    assert _parser_refusals(proxy) == before + 1
+    assert "Traceback" not in proxy.logs()
