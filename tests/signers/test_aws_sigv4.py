@@ -10,7 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +36,7 @@ from proxy.signers.aws_credentials import (
 from proxy.signers.aws_endpoints import detect_service_region
 from proxy.signers.aws_sigv4 import AwsSigV4Config, AwsSigV4Signer
 from proxy.signers.base import SigningContext, SignResult, UpstreamRequest
+from tests.signers.helpers import request_for
 from tests.verifiers.aws_sigv4 import botocore_recompute, signature_of, signed_header_names
 
 AKID = "AKIDEXAMPLE"
@@ -68,16 +69,7 @@ def request(
     headers: list[tuple[str, str]] | dict[str, str] | None = None,
     body: bytes | None = b"",
 ) -> UpstreamRequest:
-    parts = urlsplit(url)
-    return UpstreamRequest(
-        method=method,
-        scheme=parts.scheme,
-        host=parts.netloc,
-        path=parts.path,
-        query=parts.query,
-        headers=CIMultiDictProxy(CIMultiDict(headers or {})),
-        body=body,
-    )
+    return request_for(url, method, headers, body)
 
 
 def creq_lines(result: SignResult) -> list[str]:

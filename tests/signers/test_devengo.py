@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.signers import SIGNERS
 from proxy.signers.base import SigningContext, UpstreamRequest
 from proxy.signers.bearer import BearerConfig, BearerSigner
 from proxy.signers.devengo import DevengoConfig, DevengoSigner
 from tests.conftest import load_vectors
+from tests.signers.helpers import request_for
 from tests.verifiers.devengo import verify_devengo
 
 VECTORS = load_vectors("devengo")
@@ -44,16 +43,7 @@ def make_request(
     headers: list[tuple[str, str]] | dict[str, str] | None = None,
     url: str = "https://api.sandbox.devengo.com/v1/payments",
 ) -> UpstreamRequest:
-    parts = urlsplit(url)
-    return UpstreamRequest(
-        method=method,
-        scheme=parts.scheme,
-        host=parts.netloc,
-        path=parts.path,
-        query=parts.query,
-        headers=CIMultiDictProxy(CIMultiDict(headers or {})),
-        body=body,
-    )
+    return request_for(url, method, headers, body)
 
 
 def vector_request(vector: dict[str, Any]) -> UpstreamRequest:

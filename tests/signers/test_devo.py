@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +15,7 @@ from proxy.signers import SIGNERS
 from proxy.signers.base import SigningContext, UpstreamRequest
 from proxy.signers.devo import DevoConfig, DevoSigner, DevoTokenConfig, DevoTokenSigner
 from tests.conftest import load_vectors
+from tests.signers.helpers import request_for
 from tests.verifiers.devo import verify_devo, verify_devo_token
 
 VECTORS = load_vectors("devo")
@@ -28,16 +28,7 @@ def make_request(
     headers: CIMultiDict[str] | dict[str, str] | None = None,
     body: bytes | None = b"",
 ) -> UpstreamRequest:
-    parts = urlsplit(url)
-    return UpstreamRequest(
-        method=method,
-        scheme=parts.scheme,
-        host=parts.netloc,
-        path=parts.path,
-        query=parts.query,
-        headers=CIMultiDictProxy(CIMultiDict(headers or {})),
-        body=body,
-    )
+    return request_for(url, method, headers, body)
 
 
 def devo_signer(

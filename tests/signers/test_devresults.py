@@ -4,17 +4,17 @@ against the independent verifier in `tests/verifiers/devresults.py`."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.signers import SIGNERS, AnySignerConfig, build_signer
 from proxy.signers.base import SigningContext, SignResult, UpstreamRequest
 from proxy.signers.devresults import DevResultsConfig, DevResultsSigner
 from tests.conftest import load_vectors
+from tests.signers.helpers import request_for
 from tests.verifiers.devresults import verify_devresults, verify_devresults_url
 
 VECTORS = load_vectors("devresults")
@@ -28,15 +28,7 @@ def make_signer(token: str = "tok", secret: str = "sec") -> DevResultsSigner:
 def make_request(
     url: str, method: str = "GET", headers: dict[str, str] | None = None
 ) -> UpstreamRequest:
-    parts = urlsplit(url)
-    return UpstreamRequest(
-        method=method,
-        scheme=parts.scheme,
-        host=parts.netloc,
-        path=parts.path,
-        query=parts.query,
-        headers=CIMultiDictProxy(CIMultiDict(headers or {})),
-    )
+    return request_for(url, method, headers)
 
 
 def sign(query: str, token: str = "tok", secret: str = "sec", now_ms: int = NOW) -> SignResult:
