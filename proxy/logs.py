@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any, Literal
+from typing import IO, Any, Final, Literal
 
 import orjson
 import structlog
@@ -81,12 +82,24 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     if not isinstance(error, HttpProcessingError):
         return record.levelno >= logging.WARNING
-    record.msg, record.args = "request refused by the HTTP parser: %s", (error.message,)
+    record.msg, record.args = "request refused by the HTTP parser: %s", (_reason(error),)
     record.exc_info, record.exc_text = None, None
     record.levelno, record.levelname = logging.INFO, "INFO"
     for hook in _parser_refusal_hooks:
         hook()
     return True
+
+
+# Where aiohttp's parser messages start quoting the request's bytes: llhttp's reason is followed
+# by ":" and the offending line, the Python parser's by a repr ("Bad status line b'...'").
+_QUOTED_BYTES: Final = re.compile(r"\s*(?::|\n|b?['\"])")
+
+
+def _reason(error: HttpProcessingError) -> str:
+    """The parser's reason without the request bytes it quotes: the line it refused can be a
+    header holding a credential (the app's `Proxy-Authorization`, for one)."""
+    reason = _QUOTED_BYTES.split(error.message, maxsplit=1)[0].strip()
+    return reason or type(error).__name__
 
 
 def get_logger(name: str) -> Any:
