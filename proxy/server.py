@@ -46,8 +46,8 @@ def settle_garbage_collector() -> None:
     let its young generation grow. For the proxy process only, never a library default.
 
     After start-up ~50,000 objects (modules, the config model, botocore's data) live as long as
-    the process, and every full collection walked them all: ~22 ms a pause, which doubled p99 at
-    concurrency 50 (bench/README.md). `gc.freeze()` leaves them to reference counting alone
+    the process, and every full collection walked them all: 20-35 ms a pause, which doubled p99
+    at concurrency 50 (bench/README.md). `gc.freeze()` leaves them to reference counting alone
     (they are not garbage: `gc.collect()` runs first). A request's own objects are freed by
     reference counting too, but with 700 the ~50 requests in flight trip a young collection
     every ~20 requests; at 7000 the collector's share of the CPU fell from ~8% to under 1%.
