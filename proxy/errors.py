@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from proxy.responses import AsGivenResponse
+
 
 class ProxyError(Exception):
     """An error the proxy answers itself. `message` is shown to the client: never a secret."""
@@ -36,9 +38,12 @@ def error_response(
     body: dict[str, str | None] = {"code": code, "message": message}
     if route is not None:
         body["route"] = route
-    return web.Response(
+    return AsGivenResponse(
         status=status,
         body=orjson.dumps({"error": body}),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store", **(headers or {})},
+        headers={
+            "Content-Type": "application/json",
+            "Cache-Control": "no-store",
+            **(headers or {}),
+        },
     )

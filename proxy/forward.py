@@ -24,6 +24,7 @@ from yarl import URL
 from proxy.config import RouteConfig
 from proxy.errors import ProxyError
 from proxy.exchange import Exchange
+from proxy.responses import AsGivenResponse, AsGivenStreamResponse
 from proxy.signers import UpstreamRequest
 
 HOP_BY_HOP: Final = frozenset(
@@ -242,7 +243,7 @@ class Forwarder:
             headers = strip_hop_by_hop(response.headers, _CONTENT_LENGTH)
             return await _whole(client, response, headers, exchange)
         headers = strip_hop_by_hop(response.headers)
-        out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+        out = AsGivenStreamResponse(status=response.status, reason=response.reason, headers=headers)
         try:
             await out.prepare(client)
         except ValueError as exc:  # aiohttp refuses control characters before writing a byte
@@ -290,7 +291,9 @@ async def _whole(
         raise ProxyError(
             502, "upstream_bad_response", f"the upstream response broke off: {_reason(exc)}"
         ) from exc
-    out = web.Response(status=response.status, reason=response.reason, headers=headers, body=body)
+    out = AsGivenResponse(
+        status=response.status, reason=response.reason, headers=headers, body=body
+    )
     try:
         await out.prepare(client)  # here, not after we return: a bad header is still a 502
     except ValueError as exc:  # aiohttp refuses control characters before writing a byte

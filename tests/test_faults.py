@@ -165,6 +165,16 @@ BAD_REPLIES: dict[str, bytes] = {
     "header-over-8190-bytes": b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
     "closed-without-reply": b"",
 }
+# Valid replies that lack headers aiohttp would add on its own: relayed with the upstream's
+# headers and no others (only Date is added where missing, as RFC 9110 6.6.1 asks).
+BARE_BODY = b"b" * 100_000  # over SMALL_RESPONSE: streamed, not answered in one piece
+BARE_REPLIES: dict[str, bytes] = {
+    "small": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello",
+    "streamed": b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Up: 1\r\n\r\n" + BARE_BODY,
+    "chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    ),
+}
 CUTS: dict[str, tuple[bytes, bytes]] = {
     "content-length": (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", b"c" * 65536),
     "chunked": (
@@ -196,6 +206,13 @@ def raw_upstreams() -> Iterator[dict[str, RawUpstream]]:
     }
     servers |= {f"bad-{name}": RawUpstream(_reply(reply)) for name, reply in BAD_REPLIES.items()}
     servers |= {f"cut-{name}": RawUpstream(_cut(*parts)) for name, parts in CUTS.items()}
+    servers |= {f"bare-{name}": RawUpstream(_reply(reply)) for name, reply in BARE_REPLIES.items()}
+    servers["dressed"] = RawUpstream(
+        _reply(
+            b"HTTP/1.1 200 OK\r\nServer: vendor-gw/2\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        )
+    )
     # A small response is read whole before anything reaches the client: cut short, it is a 502.
     servers["short"] = RawUpstream(
         _cut(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"s" * 100)
@@ -333,6 +350,35 @@ def test_silent_upstream_is_504_after_the_read_timeout(
 def test_reset_before_headers_is_502(proxy: ProxyProcess) -> None:
     _error(requests.get(f"{proxy.url}/reset/x", timeout=10), 502, "upstream_bad_response")
     _serves(proxy)
+
+
+@pytest.mark.parametrize("name", list(BARE_REPLIES))
+def test_response_keeps_the_upstreams_headers_and_gains_only_date(
+    proxy: ProxyProcess, name: str
+) -> None:
+    response = requests.get(f"{proxy.url}/bare-{name}/x", timeout=10)
+    assert response.status_code == 200
+    assert response.content == (BARE_BODY if name == "streamed" else b"hello")
+    assert response.headers["X-Up"] == "1"
+    assert "Content-Type" not in response.headers  # untyped stays untyped
+    assert "Server" not in response.headers  # no Python/aiohttp version banner
+    assert "Date" in response.headers
+
+
+def test_response_headers_aiohttp_would_add_are_the_upstreams_when_sent(
+    proxy: ProxyProcess,
+) -> None:
+    response = requests.get(f"{proxy.url}/dressed/x", timeout=10)
+    assert response.headers["Server"] == "vendor-gw/2"
+    assert response.headers["Date"] == "Tue, 01 Dec 2026 10:00:00 GMT"
+    assert response.headers["Content-Type"] == "application/json"
+
+
+def test_the_proxys_own_answers_carry_no_version_banner(proxy: ProxyProcess) -> None:
+    response = requests.get(f"{proxy.url}/no-such-route/x", timeout=10)
+    assert response.status_code == 403
+    assert response.headers["Content-Type"] == "application/json"
+    assert "Server" not in response.headers
 
 
 @pytest.mark.parametrize("name", list(BAD_REPLIES))
