@@ -59,6 +59,18 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def thaw_garbage_collector() -> None:
+    """After a config reload: hand the frozen start-up objects back to the collector.
+
+    Frozen objects are never examined again, so a replaced config or credential source that
+    holds a reference cycle could never be freed. Once thawed they sit in the oldest
+    generation, whose collections the young threshold of 7000 keeps rare. A no-op when
+    nothing is frozen (a process that never settled, the test suite).
+    """
+    if gc.get_freeze_count():
+        gc.unfreeze()
+
+
 class ProxyServer:
     """The proxy port and the admin port, started, reloaded and drained together."""
 
@@ -189,6 +201,7 @@ class ProxyServer:
             )
             for route in old.table.routes:
                 await route.signer.close()
+            thaw_garbage_collector()
             return True
 
     def _reload_failed(self, reason: str, problems: list[str]) -> bool:

@@ -121,28 +121,43 @@ def test_demo_self_test_runs() -> None:
 
 SETTLED_GC = """
 import gc, weakref
-from proxy.server import GC_YOUNG_THRESHOLD, settle_garbage_collector
-
-settle_garbage_collector()
-assert gc.get_freeze_count() > 1000, gc.get_freeze_count()  # the start-up objects
-assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_threshold()
+from proxy.server import GC_YOUNG_THRESHOLD, settle_garbage_collector, thaw_garbage_collector
 
 
 class Node:
     pass
 
 
-node = Node()
-node.self = node  # a cycle: only the collector can free it
+def cycle():
+    node = Node()
+    node.self = node  # a cycle: only the collector can free it
+    return node
+
+
+startup_config = cycle()  # lives from start-up until a reload replaces it
+settle_garbage_collector()
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()  # the start-up objects
+assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_threshold()
+
+node = cycle()
 alive = weakref.ref(node)
 del node
 gc.collect()
 assert alive() is None, "cyclic garbage made after the freeze must still be collected"
+
+replaced = weakref.ref(startup_config)
+del startup_config  # a reload replaced it: garbage, but frozen
+gc.collect()
+assert replaced() is not None  # what thawing is for
+thaw_garbage_collector()
+assert gc.get_freeze_count() == 0
+gc.collect()
+assert replaced() is None, "a replaced start-up object must be collectable after a reload"
 print("ok")
 """
 
 
-def test_garbage_collector_settled_after_start_still_collects_cycles() -> None:
+def test_garbage_collector_settled_after_start_and_thawed_after_reload() -> None:
     # In a subprocess: freezing pytest's own heap would change every later test.
     done = subprocess.run(
         [sys.executable, "-c", SETTLED_GC], capture_output=True, text=True, timeout=60
