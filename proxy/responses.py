@@ -28,6 +28,8 @@ class AsGivenStreamResponse(web.StreamResponse):
         super().__init__(headers=headers, **kwargs)
 
     async def _prepare_headers(self) -> None:
+        # aiohttp's own (private) step of `prepare()` that fills in the headers before they are
+        # written: there is no public switch. tests/test_faults.py fails if this stops working.
         await super()._prepare_headers()
         for name in self._not_given:
             self._headers.popall(name, None)
