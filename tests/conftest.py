@@ -1,17 +1,15 @@
-"""Shared fixtures. The spec and vectors live in `../shared/` beside the checkout (as in CI)."""
+"""Shared fixtures. The golden vectors live in `tests/vectors/` (their origin: ORIGIN.md there)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SIGNING_PROXY_SHARED", REPO.parent / "shared"))
-VECTORS = SHARED / "vectors"
+VECTORS = REPO / "tests" / "vectors"
 
 
 def load_vectors(scheme: str) -> list[dict[str, Any]]:
@@ -19,8 +17,7 @@ def load_vectors(scheme: str) -> list[dict[str, Any]]:
     path = VECTORS / f"{scheme}.json"
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} is missing: the vectors live in ../shared beside the checkout "
-            "(or set SIGNING_PROXY_SHARED)"
+            f"{path} is missing: the vectors are part of the repository (tests/vectors)"
         )
     data = json.loads(path.read_text(encoding="utf-8"))
     vectors: list[dict[str, Any]] = data["vectors"]
