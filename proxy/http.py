@@ -44,7 +44,8 @@ def is_field_name(name: str) -> bool:
 
 
 def are_field_names(names: Iterable[str]) -> bool:
-    """Whether every name is a valid field name (one regex call for all of them)."""
+    """Whether every name is a valid field name (one regex call for all of them). For names as
+    an HTTP parser delivers them, split at line ends: a name holding a newline is not checked."""
     return _FIELD_NAMES.fullmatch("\n".join(names)) is not None
 
 
