@@ -20,7 +20,7 @@ import orjson
 from multidict import CIMultiDict
 
 from proxy.app import Runtime
-from proxy.cli import EXIT_CONFIG, load_or_report
+from proxy.command import EXIT_CONFIG, load_or_report
 from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
