@@ -135,8 +135,8 @@ class Forwarder:
         """
         assert self._session is not None, "Forwarder.start() was not awaited"
         exchange.upstream_host = upstream.host
-        body = _ClientBody(client, upstream, exchange)
-        data = body.data()
+        request_body = _ClientBody(client, upstream, exchange)
+        data = request_body.data()
         started = time.perf_counter()
         try:
             response = await self._session.request(
@@ -148,17 +148,9 @@ class Forwarder:
                 ssl=options.ssl,
                 timeout=options.timeout,
             )
-            exchange.upstream_seconds = time.perf_counter() - started
-            exchange.upstream_date = response.headers.get("Date")
-            try:
-                return await _checked(client, response, options.timeout.sock_read)
-            except BaseException:
-                response.release()
-                raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ProxyError(
-                504, "upstream_timeout", "the upstream did not answer in time"
-            ) from exc
+            message = "the upstream did not answer in time"
+            raise ProxyError(504, "upstream_timeout", message) from exc
         except aiohttp.ClientConnectorError as exc:
             message = f"cannot connect to the upstream: {failure_reason(exc)}"
             raise ProxyError(502, "upstream_unreachable", message) from exc
@@ -166,19 +158,32 @@ class Forwarder:
             if client.transport is None or client.transport.is_closing():
                 exchange.error = "client_closed"
                 raise ResponseAborted("the client went away") from exc
-            if body.failure is not None:  # the client's body broke, not the upstream
-                raise ProxyError(400, "invalid_body", body.failure) from exc
+            if request_body.failure is not None:  # the client's body broke, not the upstream
+                raise ProxyError(400, "invalid_body", request_body.failure) from exc
             message = f"the upstream failed: {failure_reason(exc)}"
             raise ProxyError(502, "upstream_bad_response", message) from exc
+        exchange.upstream_seconds = time.perf_counter() - started
+        exchange.upstream_date = response.headers.get("Date")
+        try:
+            _check_relayable(response)
+            # A small body is read at once: cheaper than streaming it, and one cut short is
+            # still a clean 502, as nothing has reached the client yet.
+            body = await response.read() if _read_whole(client, response) else None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            response.release()
+            message = f"the upstream response broke off: {failure_reason(exc)}"
+            raise ProxyError(502, "upstream_bad_response", message) from exc
+        except BaseException:
+            response.release()
+            raise
+        return UpstreamResponse(response, body, options.timeout.sock_read)
 
 
-async def _checked(
-    client: web.BaseRequest, response: aiohttp.ClientResponse, idle: float | None
-) -> UpstreamResponse:
-    """The answer, if the proxy can relay it faithfully; a small body read whole (cheaper than
-    streaming it, and a body cut short is still a clean 502: nothing has reached the client)."""
+def _check_relayable(response: aiohttp.ClientResponse) -> None:
+    """Refuse (502, the upstream's failure, never our 500) an answer the proxy cannot relay
+    faithfully."""
     # 1xx (101 included: we never forward Upgrade) and statuses outside 100-599 are not valid
-    # final statuses (RFC 9110 15): the upstream's failure (502), never our 500.
+    # final statuses (RFC 9110 15).
     if not 200 <= response.status <= 599:
         raise ProxyError(
             502, "upstream_bad_response", f"the upstream sent status {response.status}"
@@ -188,20 +193,17 @@ async def _checked(
     # take it as a Content-Length beside our own framing.
     if response.headers and not are_field_names(response.headers.keys()):
         raise ProxyError(502, "upstream_bad_response", "the upstream sent an invalid header name")
+
+
+def _read_whole(client: web.BaseRequest, response: aiohttp.ClientResponse) -> bool:
+    """Whether the answer has a small body of known length, read at once and sent in one piece."""
     length = response.content_length
-    if (
+    return (
         length is not None
         and length <= SMALL_RESPONSE
         and client.method != "HEAD"
         and response.status not in NO_BODY_STATUSES
-    ):
-        try:
-            body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            message = f"the upstream response broke off: {failure_reason(exc)}"
-            raise ProxyError(502, "upstream_bad_response", message) from exc
-        return UpstreamResponse(response, body, idle)
-    return UpstreamResponse(response, None, idle)
+    )
 
 
 class _ClientBody:

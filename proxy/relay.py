@@ -27,10 +27,33 @@ async def relay(
     client: web.BaseRequest, response: UpstreamResponse, exchange: Exchange
 ) -> web.StreamResponse:
     """Write `response` to `client`, then close it (the upstream connection goes back)."""
+    body = response.body
+    out: web.StreamResponse
     try:
-        if response.body is not None:
-            return await _whole(client, response, response.body, exchange)
-        return await _stream(client, response, exchange)
+        if body is not None:
+            # web.Response sets Content-Length from the body it is given.
+            headers = strip_hop_by_hop(response.headers, _CONTENT_LENGTH)
+            out = AsGivenResponse(
+                status=response.status, reason=response.reason, headers=headers, body=body
+            )
+        else:
+            headers = strip_hop_by_hop(response.headers)
+            out = AsGivenStreamResponse(
+                status=response.status, reason=response.reason, headers=headers
+            )
+        try:
+            await out.prepare(client)
+        except ValueError as exc:  # aiohttp refuses control characters before writing a byte
+            message = f"the upstream sent an invalid header: {exc}"
+            raise ProxyError(502, "upstream_bad_response", message) from exc
+        exchange.status = response.status
+        exchange.response_started = True
+        if body is not None:
+            await out.write_eof()
+            exchange.bytes_out = len(body)
+        else:
+            await _stream(out, response, exchange)
+        return out
     except ConnectionError as exc:  # a failed write is the client's doing
         exchange.error = "client_closed"
         raise ResponseAborted("the client went away") from exc
@@ -38,39 +61,7 @@ async def relay(
         await response.close()
 
 
-async def _start(
-    client: web.BaseRequest, out: web.StreamResponse, status: int, exchange: Exchange
-) -> None:
-    try:
-        await out.prepare(client)
-    except ValueError as exc:  # aiohttp refuses control characters before writing a byte
-        raise ProxyError(
-            502, "upstream_bad_response", f"the upstream sent an invalid header: {exc}"
-        ) from exc
-    exchange.status = status
-    exchange.response_started = True
-
-
-async def _whole(
-    client: web.BaseRequest, response: UpstreamResponse, body: bytes, exchange: Exchange
-) -> web.Response:
-    # web.Response sets Content-Length from the body it is given.
-    headers = strip_hop_by_hop(response.headers, _CONTENT_LENGTH)
-    out = AsGivenResponse(
-        status=response.status, reason=response.reason, headers=headers, body=body
-    )
-    await _start(client, out, response.status, exchange)  # here: a bad header is still a 502
-    await out.write_eof()
-    exchange.bytes_out = len(body)
-    return out
-
-
-async def _stream(
-    client: web.BaseRequest, response: UpstreamResponse, exchange: Exchange
-) -> web.StreamResponse:
-    headers = strip_hop_by_hop(response.headers)
-    out = AsGivenStreamResponse(status=response.status, reason=response.reason, headers=headers)
-    await _start(client, out, response.status, exchange)
+async def _stream(out: web.StreamResponse, response: UpstreamResponse, exchange: Exchange) -> None:
     chunks = response.chunks()
     idle = response.idle
     try:
@@ -96,4 +87,3 @@ async def _stream(
         message = f"the upstream response broke off: {failure_reason(exc)}"
         raise ResponseAborted(message) from exc
     await out.write_eof()
-    return out
