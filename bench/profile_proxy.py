@@ -40,8 +40,18 @@ COMPONENTS: Final = (
     ("signing (proxy/signers)", ("proxy/signers/",)),
     ("routing (proxy/routing.py)", ("proxy/routing.py",)),
     ("limits / access control", ("proxy/limits.py", "proxy/access.py")),
-    ("forwarding, ours (proxy/forward.py)", ("proxy/forward.py",)),
-    ("handler, ours (proxy/app.py)", ("proxy/app.py", "proxy/exchange.py", "proxy/errors.py")),
+    ("forwarding, ours (proxy/forward.py, proxy/relay.py)", ("proxy/forward.py", "proxy/relay.py")),
+    (
+        "handler, ours (proxy/app.py, request.py, http.py)",
+        (
+            "proxy/app.py",
+            "proxy/request.py",
+            "proxy/http.py",
+            "proxy/retry.py",
+            "proxy/exchange.py",
+            "proxy/errors.py",
+        ),
+    ),
     (
         "aiohttp client",
         (
