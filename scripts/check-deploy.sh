@@ -151,8 +151,29 @@ refuse "existingSecret together with secret.create" "not both" \
 refuse "an unknown value (values.schema.json)" "additional properties" 'replicas: 3'
 refuse "an unknown mode" "mode" 'mode: daemonset'
 
+# Scenarios that must not render: ci/must-fail/*-values.yaml of each chart, each complete on its
+# own, whose first line `# expect: TEXT` is the error the render must fail with.
+for dir in "$chart" "$example"; do
+    for values in "$dir"/ci/must-fail/*-values.yaml; do
+        [ -e "$values" ] || continue
+        expected=$(sed -n '1s/^# expect: //p' "$values")
+        what="refuses $dir/${values#"$dir"/} (must fail to render)"
+        if [ -z "$expected" ]; then
+            bad "$what: its first line is not '# expect: <error text>'"
+        elif "$helm" template rel "$dir" -f "$values" >/dev/null 2>"$out/must-fail.err"; then
+            bad "$what: it rendered"
+        elif grep -qF -- "$expected" "$out/must-fail.err"; then
+            ok "$what"
+        else
+            bad "$what: wrong error (expected: $expected)"
+            sed 's/^/       /' "$out/must-fail.err"
+        fi
+    done
+done
+rm -f "$out/must-fail.err"
+
 step "5. kubernetes-validate --strict (Kubernetes ${KUBE_VERSIONS// /, })"
-crd_pattern="Couldn't find schema for kind (ServiceMonitor|PodMonitor) with api version monitoring.coreos.com/v1 "
+crd_pattern="Couldn't find schema for kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1 "
 for file in "${rendered[@]}"; do
     for version in $KUBE_VERSIONS; do
         log=$("$venv/bin/kubernetes-validate" --strict -k "$version" "$file" 2>&1) && rc=0 || rc=$?

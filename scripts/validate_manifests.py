@@ -1,13 +1,14 @@
 """Checks on rendered manifests that kubernetes-validate cannot make (scripts/check-deploy.sh).
 
-1. CRDs. kubernetes-validate has no schema for monitoring.coreos.com/v1 ServiceMonitor and
-   PodMonitor (it only warns). They are validated here, strictly (unknown fields rejected),
+1. CRDs. kubernetes-validate has no schema for monitoring.coreos.com/v1 ServiceMonitor,
+   PodMonitor and PrometheusRule (it only warns). They are validated here, strictly (unknown fields rejected),
    against a JSON schema generated from the prometheus-operator models of the PyPI package
    cloudcoil-models-prometheus-operator. Any other kind without a schema fails the check.
 2. The deployment contract, on every pod that runs signing-proxy: hardened securityContext,
    whole-directory mounts (no subPath), /tmp on an emptyDir, probes on the admin port,
    a drain timeout below the grace period, no credentials in env, native-sidecar shape,
-   checksum annotations that match the rendered ConfigMap/Secret.
+   checksum annotations that match the rendered ConfigMap/Secret; an app beside a sidecar that
+   sets a proxy variable sets both spellings (http_proxy, HTTP_PROXY), aimed at the sidecar.
 3. Cross-references: Service, ServiceMonitor, PodMonitor, PDB, HPA and NetworkPolicy
    select pods and ports that exist in the same render.
 4. With --program: every rendered config.yaml is accepted by `signing-proxy check`, with the
@@ -38,6 +39,7 @@ PROXY_COMMAND = ["signing-proxy", "run", "--config"]
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 
@@ -76,7 +78,7 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     from cloudcoil.models.prometheus_operator import v1
 
     validators = {}
-    for model in (v1.ServiceMonitor, v1.PodMonitor):
+    for model in (v1.ServiceMonitor, v1.PodMonitor, v1.PrometheusRule):
         schema = _strict(model.model_json_schema(by_alias=True, mode="validation"))
         validators[("monitoring.coreos.com/v1", model.__name__)] = jsonschema.Draft202012Validator(
             schema
@@ -215,6 +217,35 @@ def check_lifecycle(
         report.check(listen.startswith("127.0.0.1:"), f"{who}: sidecar signs on loopback", listen)
 
 
+def check_app_proxy_env(report: Report, label: str, spec: dict[str, Any]) -> None:
+    """Apps beside a sidecar that use it as a forward proxy set http_proxy AND HTTP_PROXY (curl
+    and many tools read only the lowercase one for http:// URLs, others only the uppercase
+    one), both aimed at the sidecar's signing port; the same for no_proxy/NO_PROXY."""
+    sidecars = list(proxy_containers(spec))
+    if not sidecars:
+        return
+    listen = arg_value(sidecars[0][1], "--listen") or ""
+    for c in spec.get("containers") or []:
+        if (c.get("command") or [])[:3] == PROXY_COMMAND:
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env") or [] if "name" in e}
+        who = f"{label} app container {c.get('name')}"
+        for lower, upper in (("http_proxy", "HTTP_PROXY"), ("no_proxy", "NO_PROXY")):
+            if lower in env or upper in env:
+                report.check(
+                    env.get(lower) == env.get(upper),
+                    f"{who}: sets both {lower} and {upper}, equal",
+                    f"{lower}={env.get(lower)!r} {upper}={env.get(upper)!r}",
+                )
+        if "http_proxy" in env or "HTTP_PROXY" in env:
+            url = env.get("http_proxy") or env.get("HTTP_PROXY") or ""
+            report.check(
+                url.rstrip("/").endswith(f"://{listen}"),
+                f"{who}: http_proxy points at the sidecar's --listen {listen}",
+                url,
+            )
+
+
 def check_proxy_pod(
     report: Report,
     label: str,
@@ -229,6 +260,7 @@ def check_proxy_pod(
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     annotations = meta.get("annotations") or {}
     rendered = {(d.get("kind"), d["metadata"]["name"]): d for d in docs}
+    check_app_proxy_env(report, label, spec)
     for where, c in found:
         who = f"{label} {where}/{c['name']}"
         check_hardening(report, who, c, spec.get("securityContext") or {})
