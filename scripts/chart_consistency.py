@@ -103,7 +103,7 @@ def spooling_schemes() -> set[str]:
 def unsized(values: dict[str, Any]) -> list[str]:
     listed, actual = set(values["spool"]["schemes"]), spooling_schemes()
     problems = [f"spool.schemes lacks {name}" for name in sorted(actual - listed)]
-    problems += [f"spool.schemes lists {name}, which does not spool" for name in sorted(listed - actual)]
+    problems += [f"spool.schemes lists {name}, not a spooling scheme" for name in listed - actual]
     for problem in problems:
         print(f"  {problem}")
     print(f"  spool.schemes: {len(actual)} spooling schemes, {len(problems)} problems")

@@ -1,9 +1,10 @@
 """Checks on rendered manifests that kubernetes-validate cannot make (scripts/check-deploy.sh).
 
 1. CRDs. kubernetes-validate has no schema for monitoring.coreos.com/v1 ServiceMonitor,
-   PodMonitor and PrometheusRule (it only warns). They are validated here, strictly (unknown fields rejected),
-   against a JSON schema generated from the prometheus-operator models of the PyPI package
-   cloudcoil-models-prometheus-operator. Any other kind without a schema fails the check.
+   PodMonitor and PrometheusRule (it only warns). They are validated here, strictly (unknown
+   fields rejected), against a JSON schema generated from the prometheus-operator models of
+   the PyPI package cloudcoil-models-prometheus-operator. Any other kind without a schema
+   fails the check.
 2. The deployment contract, on every pod that runs signing-proxy: hardened securityContext,
    whole-directory mounts (no subPath), /tmp on an emptyDir, probes on the admin port,
    a drain timeout below the grace period, no credentials in env, native-sidecar shape,

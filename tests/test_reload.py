@@ -174,8 +174,10 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
         secret = volumes[1].root / "token"
         volumes[0].write({"config.yaml": _config(upstream, secret, prefix="/b")})
         assert _wait_for(
-            lambda: "\nsigning_proxy_config_last_reload_successful 1.0\n"
-            in requests.get(f"{proxy.admin_url}/metrics", timeout=5).text,
+            lambda: (
+                "\nsigning_proxy_config_last_reload_successful 1.0\n"
+                in requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+            ),
             timeout=3,
         )
     finally:
