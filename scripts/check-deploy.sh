@@ -7,12 +7,14 @@
 #      every value; config.secretFields covers every signing scheme's credential fields
 #   3. helm lint --strict: the chart with its defaults and with each ci/*-values.yaml; the
 #      example chart (helm/examples/legacy-app) with each of its ci/*-values.yaml
-#   4. helm template of every scenario above, and values the chart must refuse
+#   4. helm template of every scenario above, and values the chart must refuse (inline, and
+#      the ci/must-fail/*-values.yaml scenarios, each with the error it must fail with)
 #   5. kubernetes-validate --strict on every rendered manifest, for each KUBE_VERSIONS entry;
-#      ServiceMonitor/PodMonitor (CRDs it has no schema for) are validated instead by
+#      ServiceMonitor/PodMonitor/PrometheusRule (CRDs it has no schema for) are validated instead by
 #      scripts/validate_manifests.py, strictly, against prometheus-operator's schema
 #   6. scripts/validate_manifests.py: the pod contract (hardening, mounts, probes, drain),
-#      cross-references, and `signing-proxy check` on every rendered config
+#      cross-references, `signing-proxy check` on every rendered config, and `promtool check
+#      rules` on every rendered PrometheusRule (when promtool is installed)
 #
 # Tools go to .tools/ (gitignored; TOOLS_DIR overrides): .tools/venv (PyPI tools + this
 # project) and .tools/helm (scripts/fetch-helm.sh). Rendered manifests are left in
@@ -200,7 +202,14 @@ for file in "${rendered[@]}"; do
         *) contract_args+=("$file:no-secrets") ;;
     esac
 done
-if "$venv/bin/python" scripts/validate_manifests.py --program "$venv/bin/signing-proxy" "${contract_args[@]}"; then
+promtool_args=()
+if command -v promtool >/dev/null 2>&1; then
+    promtool_args=(--promtool "$(command -v promtool)")
+else
+    echo "  note promtool not found (Debian package prometheus): PrometheusRules not checked by it"
+fi
+if "$venv/bin/python" scripts/validate_manifests.py --program "$venv/bin/signing-proxy" \
+    "${promtool_args[@]}" "${contract_args[@]}"; then
     ok "validate_manifests.py on ${#rendered[@]} renders"
 else
     bad "validate_manifests.py (see FAIL lines above)"

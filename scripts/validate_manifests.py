@@ -16,7 +16,11 @@
    credential files it names replaced by dummy files (and those files must live under the
    pod's Secret mount).
 
-Usage: validate_manifests.py [--program BIN] FILE[:no-secrets]...
+5. Monitoring: a PrometheusRule's rules pass `promtool check rules` (with --promtool) and are
+   the rules of deploy/prometheus/alerts.yaml; a Grafana dashboard ConfigMap holds dashboard
+   JSON with the label Grafana's sidecar watches.
+
+Usage: validate_manifests.py [--program BIN] [--promtool BIN] FILE[:no-secrets]...
 Prints one line per check; exits 1 on any failure.
 """
 
@@ -420,6 +424,58 @@ def check_config(
         )
 
 
+# ---- 5. monitoring --------------------------------------------------------------------------
+
+
+ALERTS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yaml"
+
+
+def check_monitoring(report: Report, doc: dict[str, Any], label: str, promtool: str | None) -> None:
+    who = f"{label} {name_of(doc)}"
+    if doc.get("kind") == "PrometheusRule":
+        groups = doc["spec"]["groups"]
+        alerts = {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
+        shipped = {
+            r["alert"]
+            for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+            for r in g["rules"]
+            if "alert" in r
+        }
+        report.check(
+            bool(alerts) and alerts <= shipped,
+            f"{who}: its alerts are those of deploy/prometheus/alerts.yaml",
+            ", ".join(sorted(alerts ^ shipped)),
+        )
+        if promtool:
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rules:
+                yaml.safe_dump(doc["spec"], rules)
+                rules.flush()
+                result = subprocess.run(  # noqa: S603 - promtool on our own file
+                    [promtool, "check", "rules", rules.name],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            report.check(
+                result.returncode == 0,
+                f"{who}: promtool check rules",
+                (result.stdout + result.stderr).strip(),
+            )
+    elif doc.get("kind") == "ConfigMap" and "signing-proxy.json" in (doc.get("data") or {}):
+        try:
+            board = json.loads(doc["data"]["signing-proxy.json"])
+        except ValueError as err:
+            report.check(False, f"{who}: the dashboard is JSON", str(err))
+            return
+        report.check(
+            board.get("uid") == "signing-proxy" and bool(board.get("panels")),
+            f"{who}: holds the signing-proxy dashboard",
+        )
+        labels = doc["metadata"].get("labels") or {}
+        report.check("grafana_dashboard" in labels, f"{who}: has a grafana_dashboard label")
+
+
 # ---- main -----------------------------------------------------------------------------------
 
 
@@ -428,6 +484,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--program", help="signing-proxy executable for the config check")
+    parser.add_argument("--promtool", help="promtool, for `check rules` on PrometheusRules")
     parser.add_argument("files", nargs="+", metavar="FILE[:no-secrets]")
     args = parser.parse_args()
 
@@ -448,6 +505,8 @@ def main() -> int:
                     f"{label} {name_of(doc)}: valid {key[1]} (strict, prometheus-operator schema)",
                     "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5]),
                 )
+        for doc in docs:
+            check_monitoring(report, doc, label, args.promtool)
         if flag == "no-secrets":
             report.check(
                 not any(d.get("kind") == "Secret" for d in docs), f"{label}: renders no Secret"
