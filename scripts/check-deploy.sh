@@ -152,6 +152,8 @@ refuse "existingSecret together with secret.create" "not both" \
     'secret: {create: true, stringData: {a: b}}'
 refuse "an unknown value (values.schema.json)" "additional properties" 'replicas: 3'
 refuse "an unknown mode" "mode" 'mode: daemonset'
+refuse "an unknown alert in prometheusRule.disabled" 'no alert is named "SigningProxyTypo"' \
+    'prometheusRule: {enabled: true, disabled: [SigningProxyTypo]}'
 
 # Scenarios that must not render: ci/must-fail/*-values.yaml of each chart, each complete on its
 # own, whose first line `# expect: TEXT` is the error the render must fail with.
