@@ -133,6 +133,17 @@ class HttpMessageSignaturesConfig(SignerConfig):
                 component = parse_component(text, self.structured_fields)
             except ValueError as err:
                 raise ValueError(f"components: {err}") from None
+            member = component.param("key")
+            computed = self.content_digest != "none"
+            if (
+                component.name == "content-digest"
+                and computed
+                and member not in {None, self.content_digest}
+            ):
+                raise ValueError(
+                    f"components: {component.identifier} can never be present: the proxy "
+                    f"sets Content-Digest with {self.content_digest} only (content_digest)"
+                )
             if component.identifier in seen:
                 raise ValueError(f"components: {component.identifier} is listed twice")
             seen.add(component.identifier)

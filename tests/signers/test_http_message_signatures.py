@@ -562,6 +562,7 @@ def test_base64_key_encoding() -> None:
         ({"tag": "tab\there"}, "printable ASCII"),
         ({"expires": 0}, "greater than or equal to 1"),
         ({"components": ["example-dict;sf"]}, "structured_fields"),
+        ({"components": ['content-digest;key="sha-512"']}, "can never be present"),
     ],
 )
 def test_config_errors(overrides: dict[str, Any], message: str) -> None:
