@@ -18,6 +18,7 @@ from proxy.signers.base import (
     UpstreamRequest,
 )
 from proxy.signers.bearer import BearerSigner
+from proxy.signers.cavage import CavageSigner
 from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
@@ -36,6 +37,7 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     DevengoSigner,
     AwsSigV4Signer,
     HttpMessageSignaturesSigner,
+    CavageSigner,
     # -- registry end --
 )
 

@@ -92,6 +92,13 @@ class HttpMessageSignaturesConfig(SignerConfig):
         description="Structured types of fields not in the IANA registry, for ;sf and ;key.",
     )
 
+    @field_validator("key_id")
+    @classmethod
+    def _printable_key_id(cls, key_id: Secret) -> Secret:
+        if not all(" " <= ch <= "~" for ch in key_id.reveal()):
+            raise ValueError("key_id must be printable ASCII (a structured-field string)")
+        return key_id
+
     @field_validator("key")
     @classmethod
     def _key_fits_algorithm(cls, key: Secret, info: ValidationInfo) -> Secret:
