@@ -138,9 +138,7 @@ class CavageConfig(SignerConfig):
         return lowered
 
 
-class CavageSigner(Signer):
-    scheme = "http-signatures-cavage"
-    config_model = CavageConfig
+class CavageSigner(Signer[CavageConfig]):
     public_fields = frozenset({"key_id"})  # sent in clear as keyId
 
     def __init__(self, config: CavageConfig) -> None:
@@ -216,7 +214,7 @@ class CavageSigner(Signer):
     @staticmethod
     def _body_sha256(request: UpstreamRequest) -> bytes:
         if request.body_digest is not None:  # a large body, hashed as it arrived
-            return request.body_digest.copy().digest()  # type: ignore[no-any-return]
+            return request.body_digest.copy().digest()
         return hashlib.sha256(request.body or b"").digest()
 
     def __repr__(self) -> str:

@@ -157,9 +157,7 @@ class HttpMessageSignaturesConfig(SignerConfig):
         return self
 
 
-class HttpMessageSignaturesSigner(Signer):
-    scheme = "http-message-signatures"
-    config_model = HttpMessageSignaturesConfig
+class HttpMessageSignaturesSigner(Signer[HttpMessageSignaturesConfig]):
     public_fields = frozenset({"key_id"})  # sent in clear as keyid
 
     def __init__(self, config: HttpMessageSignaturesConfig) -> None:
@@ -231,7 +229,7 @@ class HttpMessageSignaturesSigner(Signer):
         else:
             hasher = _DIGESTS[self._digest]()
             hasher.update(request.body or b"")
-            digest = hasher.digest()  # type: ignore[attr-defined]
+            digest = hasher.digest()
         return http_sf.ser({self._digest: (digest, {})})
 
     def __repr__(self) -> str:

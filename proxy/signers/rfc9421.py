@@ -24,7 +24,7 @@ from http_sf.item import ser_item
 from http_sf.types import ItemType, ParamsType
 from multidict import CIMultiDictProxy
 
-from proxy.signers.base import UpstreamRequest
+from proxy.signers.base import SigningRefused, UpstreamRequest
 
 StructuredType = Literal["item", "list", "dictionary"]
 
@@ -85,11 +85,12 @@ UNSIGNABLE_FIELDS: Final = frozenset(
 )
 
 
-class MissingComponent(ValueError):
-    """The request lacks (or has ambiguously) a component the route covers: the client's fault.
+class MissingComponent(SigningRefused, ValueError):
+    """The request lacks (or has ambiguously) a component the route covers: the client's fault,
+    a 400. Also a ValueError, which `signing-proxy sign` reports as a refusal."""
 
-    TODO(core): subclass the signer contract's client-error type (a 400) once it is on main.
-    """
+    status = 400
+    code = "missing_component"
 
 
 @dataclass(frozen=True, slots=True)
