@@ -374,6 +374,16 @@ def test_rotated_key_file_is_picked_up(upstream: Upstream, tmp_path: Path) -> No
             time.sleep(0.1)
         assert verifies_with(new), "the rotated key was not used within 5 s"
         assert not verifies_with(old)
+        # A key that does not fit the algorithm is refused at reload; the last good one stays.
+        staged.write_text(new_key("rsa-pss-sha512").private)
+        staged.replace(key_file)
+        deadline = time.monotonic() + 5
+        while "config_reload_failed" not in proxy.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        failure = next(x for x in proxy.logs().splitlines() if "config_reload_failed" in x)
+        assert "routes[0].signer.key" in failure
+        assert "needs an Ed25519 private key" in failure
+        assert verifies_with(new)
 
 
 @pytest.mark.slow
