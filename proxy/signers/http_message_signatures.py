@@ -18,12 +18,13 @@ nonce, tag, alg, as the RFC's examples do.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Final, Literal
 
 import http_sf
 from http_sf.item import ser_item
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from proxy.secrets import Secret, SecretValue
 from proxy.signers.base import (
@@ -53,6 +54,8 @@ _DIGESTS: Final[dict[str, Callable[[], BodyDigest]]] = {
     "sha-512": hashlib.sha512,
 }
 _MASK: Final = "**********"
+_SF_KEY: Final = re.compile(r"^[a-z*][a-z0-9_.*-]*$")  # RFC 9651 3.1.2
+_FIELD_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 
 __all__ = ["HttpMessageSignaturesConfig", "HttpMessageSignaturesSigner", "MissingComponent"]
 
@@ -71,10 +74,6 @@ class HttpMessageSignaturesConfig(SignerConfig):
         "shared secret."
     )
     label: str = Field(default="sig1", description="The signature's label (a structured key).")
-    components: tuple[str, ...] = Field(
-        description='Covered components in order: @method, @authority, @query-param;name="x", '
-        'content-type, a field with ;sf, ;key="member" or ;bs.'
-    )
     created: bool = Field(default=True, description="Add created (the signing time).")
     expires: int | None = Field(
         default=None, ge=1, description="Add expires, this many seconds after the signing time."
@@ -90,6 +89,11 @@ class HttpMessageSignaturesConfig(SignerConfig):
     structured_fields: dict[str, Literal["item", "list", "dictionary"]] = Field(
         default_factory=dict,
         description="Structured types of fields not in the IANA registry, for ;sf and ;key.",
+    )
+    # Last: its validator reads content_digest and structured_fields.
+    components: tuple[str, ...] = Field(
+        description='Covered components in order: @method, @authority, @query-param;name="x", '
+        'content-type, a field with ;sf, ;key="member" or ;bs.'
     )
 
     @field_validator("key_id")
@@ -111,13 +115,11 @@ class HttpMessageSignaturesConfig(SignerConfig):
     @field_validator("label")
     @classmethod
     def _valid_label(cls, label: str) -> str:
-        try:
-            http_sf.parse(f"{label}=1".encode(), tltype="dictionary")
-        except http_sf.StructuredFieldError:
+        if not _SF_KEY.match(label):
             raise ValueError(
                 f"{label!r} is not a structured-field key (a-z, 0-9, _ - . *; "
                 "starting with a letter or *)"
-            ) from None
+            )
         return label
 
     @field_validator("tag")
@@ -130,31 +132,35 @@ class HttpMessageSignaturesConfig(SignerConfig):
     @field_validator("structured_fields")
     @classmethod
     def _lower_names(cls, fields: dict[str, StructuredType]) -> dict[str, StructuredType]:
+        for name in fields:
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP field name")
         return {name.lower(): kind for name, kind in fields.items()}
 
-    @model_validator(mode="after")
-    def _valid_components(self) -> HttpMessageSignaturesConfig:
+    @field_validator("components")
+    @classmethod
+    def _valid_components(
+        cls, components: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        structured = info.data.get("structured_fields", {})
+        digest = info.data.get("content_digest", "none")
         seen: set[str] = set()
-        for text in self.components:
-            try:
-                component = parse_component(text, self.structured_fields)
-            except ValueError as err:
-                raise ValueError(f"components: {err}") from None
+        for text in components:
+            component = parse_component(text, structured)
             member = component.param("key")
-            computed = self.content_digest != "none"
             if (
                 component.name == "content-digest"
-                and computed
-                and member not in {None, self.content_digest}
+                and digest != "none"
+                and member not in {None, digest}
             ):
                 raise ValueError(
-                    f"components: {component.identifier} can never be present: the proxy "
-                    f"sets Content-Digest with {self.content_digest} only (content_digest)"
+                    f"{component.identifier} can never be present: the proxy sets "
+                    f"Content-Digest with {digest} only (content_digest)"
                 )
             if component.identifier in seen:
-                raise ValueError(f"components: {component.identifier} is listed twice")
+                raise ValueError(f"{component.identifier} is listed twice")
             seen.add(component.identifier)
-        return self
+        return components
 
 
 class HttpMessageSignaturesSigner(Signer[HttpMessageSignaturesConfig]):

@@ -538,6 +538,17 @@ def test_key_mismatch_is_a_config_error_at_the_key_path(
     assert secret_of("test-shared-secret") not in text
 
 
+def test_bad_component_is_a_config_error_at_the_components_path(tmp_path: Any) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(ED25519)
+    text = _config_text("ed25519", str(key_file)).replace("['@method']", "['@method', '@status']")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "config.yaml")
+    assert "config.yaml:9: routes[0].signer.components: @status applies to responses only" in str(
+        caught.value
+    )
+
+
 def test_short_rsa_key_is_refused() -> None:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     pem = small.private_bytes(
@@ -559,6 +570,8 @@ def test_base64_key_encoding() -> None:
     [
         ({"components": ["@method", '"@method"']}, "listed twice"),
         ({"label": "Sig 1"}, "structured-field key"),
+        ({"label": "a, b"}, "structured-field key"),
+        ({"structured_fields": {"bad name": "item"}}, "not an HTTP field name"),
         ({"tag": "tab\there"}, "printable ASCII"),
         ({"expires": 0}, "greater than or equal to 1"),
         ({"components": ["example-dict;sf"]}, "structured_fields"),
