@@ -22,10 +22,12 @@ from proxy.signers.base import (
     UpstreamRequest,
 )
 from proxy.signers.bearer import BearerSigner
+from proxy.signers.cavage import CavageSigner
 from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
+from proxy.signers.http_message_signatures import HttpMessageSignaturesSigner
 from proxy.signers.jscrambler import JscramblerSigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
@@ -38,6 +40,8 @@ SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
     JscramblerSigner,
     DevengoSigner,
     AwsSigV4Signer,
+    HttpMessageSignaturesSigner,
+    CavageSigner,
     # -- registry end --
 )
 
