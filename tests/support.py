@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +32,8 @@ from proxy.app import ProxyHandler, Runtime
 from proxy.config import parse_config
 from proxy.forward import Forwarder
 from proxy.metrics import Metrics
+from proxy.routing import RouteTable
+from proxy.signers import Signer
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -281,6 +284,13 @@ class InProcessProxy:
         """`/metrics` as Prometheus would read it."""
         self.metrics.sync()
         return generate_latest(self.metrics.registry).decode()
+
+    def use_signer(self, signer: Signer[Any], route: int = 0) -> None:
+        """Give route `route` this signer, as a reload would (the runtime is swapped)."""
+        runtime = self.handler.runtime
+        routes = list(runtime.table.routes)
+        routes[route] = dataclasses.replace(routes[route], signer=signer)
+        self.handler.runtime = dataclasses.replace(runtime, table=RouteTable(routes))
 
 
 @contextlib.asynccontextmanager

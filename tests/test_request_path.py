@@ -8,7 +8,6 @@ tests (test_e2e_*.py) test the process itself.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,6 @@ from aiohttp import web
 
 from proxy.app import Runtime
 from proxy.config import parse_config
-from proxy.routing import RouteTable
 from proxy.signers import (
     Signer,
     SigningContext,
@@ -30,7 +28,7 @@ from proxy.signers import (
     UpstreamRequest,
 )
 from proxy.signers.bearer import BearerConfig
-from tests.support import InProcessProxy, Upstream, in_process_proxy, running_upstream
+from tests.support import Upstream, in_process_proxy, running_upstream
 from tests.verifiers.devo import verify_devo
 
 TOKEN = "tok-3f9a"
@@ -233,21 +231,13 @@ class _HeaderWithNewline(Signer[BearerConfig]):
         return SignResult(request.with_headers(header), "")
 
 
-def _with_signer(proxy: InProcessProxy, signer: Signer[Any]) -> None:
-    """Swap the route's signer in, the way a config load would have built it."""
-    runtime = proxy.handler.runtime
-    route = runtime.table.routes[0]
-    table = RouteTable([dataclasses.replace(route, signer=signer)])
-    proxy.handler.runtime = dataclasses.replace(runtime, table=table)
-
-
 @pytest.mark.parametrize("signer_class", [_BodyPolicyFails, _HeaderWithNewline])
 async def test_an_unexpected_exception_is_a_json_500_counted_and_logged_once(
     upstream: Upstream, signer_class: type[Signer[BearerConfig]]
 ) -> None:
     before = len(upstream.seen)
     async with in_process_proxy(_config(upstream)) as proxy:
-        _with_signer(proxy, signer_class(BearerConfig(scheme="bearer", token="t")))
+        proxy.use_signer(signer_class(BearerConfig(scheme="bearer", token="t")))
         with structlog.testing.capture_logs() as events:
             response = await proxy.client.get("/r/x")
             error = (await response.json())["error"]
