@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import socket
 import struct
 import subprocess
@@ -25,61 +24,18 @@ from aiohttp import web
 
 from proxy.config import parse_config
 from proxy.server import ProxyServer
-from tests.support import ProxyProcess, Upstream, free_port, running_proxy, running_upstream
+from tests.support import (
+    Behaviour,
+    ProxyProcess,
+    RawUpstream,
+    Upstream,
+    free_port,
+    running_proxy,
+    running_upstream,
+)
 
 MIB = 1024 * 1024
 BEARER = {"scheme": "bearer", "token": "faults-token"}
-
-Behaviour = Callable[["RawUpstream", socket.socket, bytes], None]
-
-
-class RawUpstream:
-    """A TCP server answering by hand: per connection, a thread reads the request head and
-    runs `behaviour(server, conn, head)`. What the behaviour observes (the proxy closing the
-    connection, a write failing) goes to `events` as `(what, time.monotonic())`."""
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
-        self.heads: list[bytes] = []
-        self.events: queue.Queue[tuple[str, float]] = queue.Queue()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._server.getsockname()[1])
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(20)
-            head = b""
-            try:
-                while b"\r\n\r\n" not in head:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    head += data
-                self.heads.append(head)
-                self.behaviour(self, conn, head)
-            except OSError:
-                pass
-
-    def drain_events(self) -> None:
-        while not self.events.empty():
-            self.events.get_nowait()
-
-    def close(self) -> None:
-        self._server.close()
 
 
 def _reply(data: bytes) -> Behaviour:
