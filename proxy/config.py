@@ -26,7 +26,7 @@ from yarl import URL
 
 from proxy.http import MANAGED_HEADERS, is_field_name
 from proxy.secrets import SecretValue
-from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers import AnySignerConfig, SignerConfig, scheme_names
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
@@ -443,10 +443,10 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
         elif error["type"] == "missing":
             message = f"{path[-1]} is required"
         elif error["type"] == "union_tag_invalid":
-            known = ", ".join(SIGNERS)
+            known = ", ".join(scheme_names())
             message = f"unknown scheme {error['ctx']['tag']!r} (known: {known})"
         elif error["type"] == "union_tag_not_found":
-            message = f"scheme is required (one of: {', '.join(SIGNERS)})"
+            message = f"scheme is required (one of: {', '.join(scheme_names())})"
         if error["type"] == "value_error" and "duplicate route name" in message:
             continue  # reported with its own line by _duplicate_route_names
         problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))
