@@ -9,11 +9,14 @@ metrics on), started `--starts` times. Each start reports the time from spawning
 to the first `200` from `/readyz` (polled every 5 ms), the CPU the process used by then (less
 sensitive to a busy machine than the wall time), and its RSS once idle (`--settle` seconds
 after ready). One more start runs under `python -X importtime` for the import profile (its
-time is not counted). The floor is a Python process that only imports the libraries every
-config needs (aiohttp, pydantic, pyyaml, prometheus-client, structlog, orjson, uvloop). The
-full mode then sends at least `--requests` GETs through the route (wrk, or bench/loadgen.py)
-to the bench upstream (nginx, or bench/upstream.py) and reports the RSS after them and the
-peak. Everything binds 127.0.0.1; every wait is bounded.
+time is not counted). The floor is what the libraries cost without the proxy, in steps: a
+Python that imports those every config needs (aiohttp, pydantic, pyyaml, prometheus-client,
+structlog, orjson, uvloop: the issue's floor), then builds one pydantic model, imports
+aiohttp's server and listens on uvloop (a hello-world server). The full mode also reports each
+library's share (the RSS it adds to all the others), then sends at least `--requests` GETs
+through the route (wrk, or bench/loadgen.py) to the bench upstream (nginx, or
+bench/upstream.py) and reports the RSS after them and the peak. Everything binds 127.0.0.1;
+every wait is bounded.
 
 It reports and never judges: exit 0 when every start got ready and every request got a 2xx,
 whatever the figures; 1 when the proxy failed to start or to serve; 130 when interrupted.
@@ -86,7 +89,8 @@ class Report:
     mode: str
     python: str
     machine_busy: float  # share of all CPUs busy just before the run
-    floor_rss: int
+    floor: list[tuple[str, int, float]]  # (step, RSS, CPU seconds)
+    library_shares: dict[str, int] = field(default_factory=dict)
     starts: list[Start] = field(default_factory=list)
     import_profile: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
@@ -178,19 +182,80 @@ def measure_start(workdir: Path, config: Path, index: int, settle: float) -> Sta
     return Start(ready, cpu, memory["VmRSS"], memory["RssAnon"], memory["RssFile"])
 
 
-def measure_floor() -> int:
-    """RSS of a Python that only imports the libraries every config needs (median of 3)."""
-    code = (
-        f"import {', '.join(FLOOR_LIBRARIES)}\n"
-        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
+FLOOR_STEPS: Final = f"""\
+import json, resource, sys, time
+
+def step(name):
+    rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps([name, rss * 1024, round(usage.ru_utime + usage.ru_stime, 3)]), flush=True)
+
+step("python")
+import {", ".join(FLOOR_LIBRARIES)}
+step("the libraries imported")
+from pydantic import BaseModel
+class Model(BaseModel):
+    field: int
+step("+ one pydantic model built")
+from aiohttp import web
+step("+ aiohttp's server imported")
+
+async def listen():
+    runner = web.ServerRunner(web.Server(lambda request: None))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    step("+ listening on uvloop")
+    await runner.cleanup()
+
+uvloop.run(listen())
+"""
+# One line each, run with every other library imported: what the library alone adds.
+LIBRARY_CODE: Final = {
+    "aiohttp (client and server)": "import aiohttp, aiohttp.web",
+    "pydantic (one model built)": "from pydantic import BaseModel\nclass M(BaseModel):\n    a: int",
+    "pyyaml": "import yaml",
+    "prometheus-client": "import prometheus_client",
+    "structlog": "import structlog",
+    "orjson": "import orjson",
+    "uvloop": "import uvloop",
+}
+
+
+def _python_rss(code: str) -> int:
+    code += (
+        "\nprint(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
     )
-    samples = []
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(done.stdout.strip()) * 1024
+
+
+def measure_floor() -> list[tuple[str, int, float]]:
+    """(step, RSS, CPU seconds) of the floor's steps, the median of 3 runs each."""
+    runs = []
     for _ in range(3):
         done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-        )
-        samples.append(int(done.stdout.strip()) * 1024)
-    return int(statistics.median(samples))
+            [sys.executable, "-c", FLOOR_STEPS],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        runs.append([json.loads(line) for line in done.stdout.splitlines()])
+    return [
+        (name, int(statistics.median(r[i][1] for r in runs)),
+         float(statistics.median(r[i][2] for r in runs)))
+        for i, (name, _, _) in enumerate(runs[0])
+    ]  # fmt: skip
+
+
+def library_shares() -> dict[str, int]:
+    """What each library adds to the RSS of all the others (the least of 3 runs each)."""
+    everything = "\n".join(LIBRARY_CODE.values())
+    full = min(_python_rss(everything) for _ in range(3))
+    shares = {}
+    for name, code in LIBRARY_CODE.items():
+        others = "\n".join(c for c in LIBRARY_CODE.values() if c != code)
+        shares[name] = full - min(_python_rss(others) for _ in range(3))
+    return shares
 
 
 # --- the import profile ---------------------------------------------------------------------
@@ -290,8 +355,9 @@ def print_report(report: Report) -> None:
          f"<= {TARGET_IDLE_MIB:.0f} MiB: {met[idle <= TARGET_IDLE_MIB * MIB]}"),
         ("  of which the process's own (RssAnon)", mib(report.median("idle_anon")), ""),
         ("  of which mapped files (RssFile)", mib(report.median("idle_file")), ""),
-        ("floor: the libraries alone", mib(report.floor_rss), ""),
-        ("idle RSS over the floor", mib(idle - report.floor_rss), ""),
+        ("idle RSS over the floor (the libraries imported)",
+         mib(idle - report.floor[1][1]), ""),
+        ("idle RSS over a hello-world server", mib(idle - report.floor[-1][1]), ""),
         (f"start -> /readyz 200 (median of {n})", f"{ready:.3f} s",
          f"<= {TARGET_READY_SECONDS} s on a quiet machine: "
          f"{met[ready <= TARGET_READY_SECONDS]}"),
@@ -312,6 +378,15 @@ def print_report(report: Report) -> None:
     print_flush("|---|---|---|")
     for name, value, target in rows:
         print_flush(f"| {name} | {value} | {target} |")
+    print_flush()
+    print_flush("FLOOR  the libraries without the proxy (median of 3 runs; CPU: user + system)")
+    print_flush("| step | RSS | CPU |")
+    print_flush("|---|---|---|")
+    for name, rss, cpu in report.floor:
+        print_flush(f"| {name} | {mib(rss)} | {cpu:.2f} s |")
+    if report.library_shares:
+        shares = ", ".join(f"{k} {mib(v)}" for k, v in report.library_shares.items())
+        print_flush(f"  each library's share (RSS with all the others, minus without it): {shares}")
     profile = report.import_profile
     if profile:
         print_flush()
@@ -342,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         mode="quick" if args.quick else "full",
         python=sys.version.split()[0],
         machine_busy=round(busy, 3),
-        floor_rss=measure_floor(),
+        floor=measure_floor(),
     )
     try:
         with tempfile.TemporaryDirectory(prefix="footprint-") as tmp, deadline(900):
@@ -356,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                     report.starts.append(measure_start(workdir, config, index, args.settle))
                 report.import_profile = import_profile(workdir, config)
                 if upstream is not None:
+                    report.library_shares = library_shares()
                     report.load = measure_load(workdir, config, upstream, args.requests, 600)
     except BenchError as err:
         print_flush(f"footprint: {err}", file=sys.stderr)
