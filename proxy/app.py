@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.access import AccessPolicy
 from proxy.body import SpooledBody, client_body_deadline
 from proxy.clock import ClockSkew
-from proxy.config import Config, RetryConfig, RouteConfig
+from proxy.config import Config, RetryConfig, RouteConfig, setting_at
 from proxy.errors import ProxyError, error_response
 from proxy.exchange import Exchange
 from proxy.forward import (
@@ -71,23 +71,23 @@ class Runtime:
         config: Config,
         on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
     ) -> Runtime:
-        routes = [
-            Route.compile(
-                rc,
-                build_signer(
-                    rc.signer,
-                    route=rc.name,
-                    on_refresh=on_refresh_for(rc.name) if on_refresh_for else None,
-                ),
-            )
-            for rc in config.routes
-        ]
+        """Raises `InvalidSetting` naming the key of a setting that cannot be used; call it
+        through `proxy.startup.build_runtime`, which reports that as a config error."""
+        routes: list[Route] = []
+        options: dict[str, UpstreamOptions] = {}
+        limits: dict[str, RouteLimits] = {}
+        for index, rc in enumerate(config.routes):
+            with setting_at("routes", index):
+                with setting_at("signer"):
+                    on_refresh = on_refresh_for(rc.name) if on_refresh_for else None
+                    signer = build_signer(rc.signer, route=rc.name, on_refresh=on_refresh)
+                routes.append(Route.compile(rc, signer))
+                options[rc.name] = UpstreamOptions.for_route(rc)
+                limits[rc.name] = RouteLimits.for_route(rc)
+        with setting_at("access"):
+            access = AccessPolicy.from_config(config.access)
         return cls(
-            config=config,
-            table=RouteTable(routes),
-            options={rc.name: UpstreamOptions.for_route(rc) for rc in config.routes},
-            limits={rc.name: RouteLimits.for_route(rc) for rc in config.routes},
-            access=AccessPolicy.from_config(config.access),
+            config=config, table=RouteTable(routes), options=options, limits=limits, access=access
         )
 
     def is_ready(self) -> bool:

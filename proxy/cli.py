@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, describe_signer, load_config
+
+if TYPE_CHECKING:
+    from proxy.app import Runtime
 
 EXIT_CONFIG: Final = 2
 
@@ -99,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in {"check", "run", "demo"}:
+        from proxy.aiohttp_internals import UnsupportedAiohttp, require_hooks
+
+        try:
+            require_hooks()
+        except UnsupportedAiohttp as err:
+            print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
+            return 1
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":
@@ -130,14 +141,31 @@ def load_or_report(path: str) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as err:
-        print(f"invalid config: {err}", file=sys.stderr)
+        report_config_error(err)
         return None
 
 
+def build_or_report(path: str) -> Runtime | None:
+    """The config at `path` loaded and built as `run` builds it (TLS contexts, signers, key
+    files; nothing that needs the network), or None after printing every problem."""
+    from proxy.startup import load_runtime
+
+    try:
+        return load_runtime(path)
+    except ConfigError as err:
+        report_config_error(err)
+        return None
+
+
+def report_config_error(err: ConfigError) -> None:
+    print(f"invalid config: {err}", file=sys.stderr)
+
+
 def _check(path: str) -> int:
-    config = load_or_report(path)
-    if config is None:
+    runtime = build_or_report(path)
+    if runtime is None:
         return EXIT_CONFIG
+    config = runtime.config
     print(
         f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
     )
@@ -163,16 +191,22 @@ def _run(args: argparse.Namespace) -> int:
         print("signing-proxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     if args.workers > 1:
+        if build_or_report(args.config) is None:  # refused here, not by N workers
+            return EXIT_CONFIG
         return _run_workers(args, config)
-    server = ProxyServer(
-        config,
-        config_path=args.config,
-        listen=args.listen,
-        admin=args.admin,
-        shutdown_timeout=args.shutdown_timeout,
-        drain_delay=args.drain_delay,
-        worker=args.worker,
-    )
+    try:
+        server = ProxyServer(
+            config,
+            config_path=args.config,
+            listen=args.listen,
+            admin=args.admin,
+            shutdown_timeout=args.shutdown_timeout,
+            drain_delay=args.drain_delay,
+            worker=args.worker,
+        )
+    except ConfigError as err:  # a setting that validated but cannot be used
+        report_config_error(err)
+        return EXIT_CONFIG
     try:
         run_event_loop(server.run_until_signalled(on_ready=settle_garbage_collector))
     except OSError as err:  # typically: the address is in use

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -391,15 +393,49 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+class InvalidSetting(ValueError):
+    """A setting that validated but cannot be used when the config is built (a CA file that is
+    not PEM, a signer refusing its settings): `key` is its path, the message never a secret."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@contextmanager
+def setting_at(*steps: str | int) -> Iterator[None]:
+    """Attribute a failure while building from the config to the key it comes from.
+
+    Nested uses compose the path (`routes[1]` around `tls` around a `ca_file` failure gives
+    `routes[1].tls.ca_file`). An `InvalidSetting` raised inside gets the steps prepended; a
+    `ValueError` keeps its message (by contract, builders' messages never hold a secret);
+    anything else is named by its type only.
+    """
+    try:
+        yield
+    except InvalidSetting as err:
+        raise InvalidSetting((*steps, *err.key), err.message) from err
+    except ValueError as err:
+        raise InvalidSetting(steps, str(err)) from err
+    except OSError as err:  # a file the setting names: the message is its path and reason
+        raise InvalidSetting(steps, f"cannot be used: {err}") from err
+    except Exception as err:
+        raise InvalidSetting(steps, f"cannot be used ({type(err).__name__})") from err
+
+
 def load_config(path: str | Path) -> Config:
+    return parse_config(read_config_text(path), str(path))
+
+
+def read_config_text(path: str | Path) -> str:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(source, [ConfigProblem("", 1, "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [ConfigProblem("", 1, f"cannot read: {exc}")]) from None
-    return parse_config(text, source)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

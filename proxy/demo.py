@@ -8,7 +8,7 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-from proxy.cli import EXIT_CONFIG, load_or_report, run_event_loop
+from proxy.cli import EXIT_CONFIG, build_or_report, run_event_loop
 from proxy.config import parse_host_port
 from proxy.logs import configure_logging
 from proxy.server import ProxyServer
@@ -44,9 +44,10 @@ def _curl_lines(listen: str) -> list[tuple[str, list[str]]]:
 
 
 async def _demo(config_path: str, self_test: bool) -> int:
-    config = load_or_report(config_path)
-    if config is None:
+    runtime = build_or_report(config_path)
+    if runtime is None:
         return EXIT_CONFIG
+    config = runtime.config
     echo_runner = web.ServerRunner(web.Server(echo), access_log=None)
     await echo_runner.setup()
     await web.TCPSite(echo_runner, *ECHO_ADDRESS).start()

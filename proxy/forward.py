@@ -21,11 +21,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.config import RouteConfig
+from proxy.config import RouteConfig, setting_at
 from proxy.errors import ProxyError
 from proxy.exchange import Exchange
 from proxy.responses import AsGivenResponse, AsGivenStreamResponse
 from proxy.signers import UpstreamRequest
+from proxy.tls import client_ssl_context
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -87,13 +88,8 @@ class UpstreamOptions:
 
     @classmethod
     def for_route(cls, config: RouteConfig) -> UpstreamOptions:
-        context: ssl.SSLContext | bool
-        if not config.tls.verify:
-            context = False
-        elif config.tls.ca_file:
-            context = ssl.create_default_context(cafile=config.tls.ca_file)
-        else:
-            context = True
+        with setting_at("tls"):
+            context = client_ssl_context(config.tls)
         timeout = aiohttp.ClientTimeout(
             total=config.timeout.total,
             connect=config.timeout.connect,

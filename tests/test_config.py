@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pydantic
 import pytest
+import trustme
 import yaml
 
 from proxy.cli import config_schema_json
@@ -440,6 +441,27 @@ def test_check_invalid_config_exits_2_with_every_problem(tmp_path: Path) -> None
     assert result.returncode == 2
     assert f"{path}:5: routes[0].signer.token: environment variable" in result.stderr
     assert f"{path}:6: routes[0].max_body_bytes:" in result.stderr
+
+
+def test_check_builds_what_run_builds(tmp_path: Path) -> None:
+    """A CA file that exists but is not PEM passed `check` and then crashed `run`: `check`
+    now builds the TLS contexts and signers too, and names the key and its line."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"routes:\n  - {GOOD_ROUTE}\n"
+        "  - name: b\n    match: {path_prefix: /b}\n    upstream: https://x.example.com\n"
+        "    signer: {scheme: bearer, token: t}\n"
+        f"    tls:\n      ca_file: {tmp_path / 'ca.pem'}\n"
+    )
+    result = _cli("check", "--config", str(path))
+    assert result.returncode == 2
+    assert f"{path}:8: routes[1].tls.ca_file: {tmp_path / 'ca.pem'} is not a PEM" in result.stderr
+    assert "Traceback" not in result.stderr
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    result = _cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
 
 
 def test_check_missing_file_exits_2(tmp_path: Path) -> None:

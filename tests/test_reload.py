@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+import trustme
 import yaml
 from aiohttp import web
 
@@ -264,3 +265,56 @@ def _sleeper(upstream: Upstream, seconds: float) -> Any:
         return await upstream.echo(request)
 
     return handler
+
+
+def test_unusable_ca_file_is_a_counted_failure_and_later_changes_still_apply(
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
+) -> None:
+    """A readable CA file that is not PEM, arriving by reload, once killed the watcher silently:
+    no log, no failure count, and no later change (a rotated token) was ever applied."""
+    ca = trustme.CA()
+    good_ca = ca.cert_pem.bytes().decode()
+    config_volume, secret_volume = volumes
+    secret_volume.write({"token": "token-one\n", "ca.pem": good_ca})
+    config = yaml.safe_load(_config(upstream, secret_volume.root / "token"))
+    config["routes"].append(
+        {
+            "name": "tls",
+            "match": {"path_prefix": "/tls"},
+            "upstream": "https://127.0.0.1:1",
+            "signer": {"scheme": "bearer", "token": "t"},
+            "tls": {"ca_file": str(secret_volume.root / "ca.pem")},
+        }
+    )
+    config_volume.write({"config.yaml": yaml.safe_dump(config)})
+    (tmp_path / "config.yaml").symlink_to(config_volume.root / "config.yaml")
+    proxy = ProxyProcess({}, tmp_path, write_config=False).start()
+    try:
+        assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
+
+        def failures() -> list[dict[str, Any]]:
+            return _events(proxy, "config_reload_failed")
+
+        # By the file watcher: the CA bundle is replaced by something readable but not PEM.
+        secret_volume.write({"token": "token-one\n", "ca.pem": "not a certificate\n"})
+        assert _wait_for(lambda: len(failures()) == 1, timeout=5), proxy.logs()
+        assert "routes[1].tls.ca_file" in " ".join(failures()[0]["problems"])
+        assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
+        # By SIGHUP: the same failure, counted again; the process keeps serving.
+        assert proxy.process is not None
+        proxy.process.send_signal(signal.SIGHUP)
+        assert _wait_for(lambda: len(failures()) == 2, timeout=5), proxy.logs()
+        assert failures()[1]["reason"] == "SIGHUP"
+        metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+        assert 'signing_proxy_config_reloads_total{result="failure"} 2.0' in metrics
+        assert requests.get(f"{proxy.admin_url}/readyz", timeout=5).status_code == 200
+
+        # The next good change (CA fixed, token rotated) is applied.
+        secret_volume.write({"token": "token-two\n", "ca.pem": good_ca})
+        assert _wait_for(
+            lambda: _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-two",
+            timeout=5,
+        ), proxy.logs()
+        assert "Traceback" not in proxy.logs()
+    finally:
+        assert proxy.stop() == 0
