@@ -26,7 +26,7 @@ from pydantic import (
 )
 from yarl import URL
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue
 from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
@@ -246,7 +246,7 @@ class AccessConfig(_Model):
     allow_networks: list[IPvAnyNetwork] = Field(
         default_factory=list, description="Client networks (CIDR) allowed; others get 403."
     )
-    proxy_token: SecretValue | None = Field(
+    proxy_token: HeaderSecretValue | None = Field(
         default=None,
         description="Token clients must send as Proxy-Authorization (Bearer, or Basic "
         "password); others get 407.",

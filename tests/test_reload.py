@@ -173,6 +173,28 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
         assert proxy.stop() == 0
 
 
+def test_rotated_secret_with_a_line_break_is_refused_and_the_old_one_kept(
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
+) -> None:
+    """A header-bound secret with a control character once passed reload and then failed every
+    request (aiohttp's plain-text 500); it is a reload failure naming the key, never the value."""
+    proxy = _start(upstream, volumes, tmp_path)
+    try:
+        volumes[1].write({"token": "token-Zt5\nsecond-line\n"})
+        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
+        problems = " ".join(_events(proxy, "config_reload_failed")[0]["problems"])
+        assert "routes[0].signer.token: a control character (U+000A)" in problems
+        assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
+        volumes[1].write({"token": "token-two\n"})
+        assert _wait_for(
+            lambda: _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-two",
+            timeout=3,
+        )
+        assert "Zt5" not in proxy.logs()
+    finally:
+        assert proxy.stop() == 0
+
+
 def test_sighup_reloads_and_in_flight_request_finishes_on_its_config(
     upstream: Upstream,
     volumes: tuple[KubeletVolume, KubeletVolume],

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
@@ -16,7 +16,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
 class HeaderConfig(SignerConfig):
     scheme: Literal["header"]
     name: str
-    value: SecretValue
+    value: HeaderSecretValue
 
     @field_validator("name")
     @classmethod
