@@ -170,7 +170,7 @@ KEY_HEADERS = st.sampled_from(["reseller", "domain", "query"])
 CREDENTIAL = st.text(min_size=1, max_size=12)
 # The key goes into a header: control characters (C0 but tab, and DEL) are a config error.
 HEADER_UNSAFE = frozenset(chr(c) for c in (*range(0x09), *range(0x0A, 0x20), 0x7F))
-KEY = CREDENTIAL.filter(lambda key: HEADER_UNSAFE.isdisjoint(key))
+KEY = CREDENTIAL.filter(HEADER_UNSAFE.isdisjoint)
 STALE = "STALE-VALUE"
 
 
