@@ -343,6 +343,10 @@ class _ClientBody:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Its `os_error` is unset in older aiohttp (3.11, 3.12.0); `certificate_error` is not.
+        error = exc.certificate_error
+        return getattr(error, "strerror", None) or str(error) or type(error).__name__
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or type(exc.os_error).__name__
     # Their str() appends the upstream URL, whose query is signed: signatures, and an AWS

@@ -19,6 +19,8 @@ from proxy.aiohttp_internals import (
     require_hooks,
 )
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 
 def test_every_hook_is_present_in_the_installed_aiohttp() -> None:
     assert missing_hooks() == []
@@ -59,6 +61,7 @@ import sys
 from aiohttp import web
 del web.StreamResponse._prepare_headers
 from proxy.cli import main
+
 sys.exit(main(sys.argv[1:]))
 """
 

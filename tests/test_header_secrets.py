@@ -18,6 +18,8 @@ from proxy.secrets import Secret, is_header_bound, resolve_header_secret
 from proxy.signers import SIGNERS, SigningContext, build_signer
 from tests.signers.helpers import request_for
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 # A route's signer block per scheme, every secret distinctive, so it can be found where it goes.
 SAMPLES: dict[str, dict[str, Any]] = {
     "bearer": {"token": "sample-bearer-token"},

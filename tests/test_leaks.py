@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 import yaml
 from aiohttp import web
 
 from tests.support import free_port, running_proxy, running_upstream
+
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
 
 # Distinctive values: a hit can only be a leak.
 SECRETS = {

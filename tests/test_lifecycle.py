@@ -31,6 +31,7 @@ def _config(upstream_url: str) -> dict[str, object]:
     }
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_in_flight_request_finishes_then_exit_0(tmp_path: Path, sig: int) -> None:
     arrived = threading.Event()
@@ -74,6 +75,7 @@ def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.smoke
 def test_invalid_config_at_run_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("routes: []\n")
@@ -166,6 +168,7 @@ def test_garbage_collector_settled_after_start_and_thawed_after_reload() -> None
     assert done.stdout.strip() == "ok", done.stdout
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_unusable_ca_file_at_run_exits_2_with_the_key_path(tmp_path: Path, workers: str) -> None:
     """`check` and `run` build the same things: a CA file that validates (it exists) but is not

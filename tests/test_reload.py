@@ -118,6 +118,7 @@ def _start(
     return proxy.start()
 
 
+@pytest.mark.smoke
 def test_rotated_secret_is_used_within_2_seconds(
     upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
         assert proxy.stop() == 0
 
 
+@pytest.mark.smoke
 def test_rotated_secret_with_a_line_break_is_refused_and_the_old_one_kept(
     upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
 ) -> None:
@@ -289,6 +291,7 @@ def _sleeper(upstream: Upstream, seconds: float) -> Any:
     return handler
 
 
+@pytest.mark.smoke
 def test_unusable_ca_file_is_a_counted_failure_and_later_changes_still_apply(
     upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
 ) -> None:

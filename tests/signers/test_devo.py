@@ -18,6 +18,8 @@ from tests.conftest import load_vectors
 from tests.signers.helpers import request_for
 from tests.verifiers.devo import verify_devo, verify_devo_token
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 VECTORS = load_vectors("devo")
 NOW = 1_700_000_000_123
 
@@ -28,6 +30,7 @@ def make_request(
     headers: CIMultiDict[str] | dict[str, str] | None = None,
     body: bytes | None = b"",
 ) -> UpstreamRequest:
+
     return request_for(url, method, headers, body)
 
 
