@@ -197,6 +197,37 @@ def test_rotated_secret_with_a_line_break_is_refused_and_the_old_one_kept(
         assert proxy.stop() == 0
 
 
+def test_fixing_a_file_a_refused_config_names_applies_it(
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
+) -> None:
+    """A new route names a CA file that is not PEM yet: refused. Fixing that file alone (a file
+    the running config does not name), with no edit of the config, applies the config."""
+    proxy = _start(upstream, volumes, tmp_path)
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca_file.write_text("not yet\n")
+        config = yaml.safe_load(_config(upstream, volumes[1].root / "token"))
+        config["routes"].append(
+            {
+                "name": "b",
+                "match": {"path_prefix": "/b"},
+                "upstream": upstream.url,
+                "signer": {"scheme": "bearer", "token": "b"},
+                "tls": {"ca_file": str(ca_file)},
+            }
+        )
+        volumes[0].write({"config.yaml": yaml.safe_dump(config)})
+        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
+        assert requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 403
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        assert _wait_for(
+            lambda: requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 200, timeout=3
+        ), proxy.logs()
+        assert len(_events(proxy, "config_reload_failed")) == 1
+    finally:
+        assert proxy.stop() == 0
+
+
 def test_sighup_reloads_and_in_flight_request_finishes_on_its_config(
     upstream: Upstream,
     volumes: tuple[KubeletVolume, KubeletVolume],
@@ -343,3 +374,62 @@ def test_unusable_ca_file_is_a_counted_failure_and_later_changes_still_apply(
         assert "Traceback" not in proxy.logs()
     finally:
         assert proxy.stop() == 0
+
+
+async def test_watcher_outlives_a_failing_change_handler(tmp_path: Path) -> None:
+    from proxy.reload import ConfigWatcher
+
+    watched = tmp_path / "watched"
+    watched.write_text("one")
+    calls: list[str] = []
+
+    async def on_change() -> None:
+        calls.append(watched.read_text())
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the handler")
+
+    watcher = ConfigWatcher([watched], on_change, interval=0.02)
+    watcher.start()
+    try:
+        watched.write_text("two")
+        for _ in range(200):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        watched.write_text("three")
+        for _ in range(200):
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await watcher.stop()
+    assert calls == ["two", "three"]
+
+
+async def test_an_unexpected_error_while_reloading_is_a_counted_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy import server as server_module
+    from proxy.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "routes: [{name: a, match: {path_prefix: /}, upstream: 'http://127.0.0.1:1', "
+        "signer: {scheme: bearer, token: t}}]"
+    )
+    proxy = server_module.ProxyServer(load_config(path), config_path=path)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret-in-message-Kq1")
+
+    monkeypatch.setattr(server_module, "build_runtime", broken)
+    assert await proxy.reload("test") is False
+    registry = proxy.metrics.registry
+    sample = "signing_proxy_config_reloads_total"
+    assert registry.get_sample_value(sample, {"result": "failure"}) == 1.0
+    logged = capsys.readouterr()
+    assert "unexpected RuntimeError while reloading" in logged.out + logged.err
+    assert "Kq1" not in logged.out + logged.err  # the type, never the message
+    monkeypatch.undo()
+    assert await proxy.reload("test") is True  # the next good reload applies
+    assert registry.get_sample_value(sample, {"result": "success"}) == 1.0
