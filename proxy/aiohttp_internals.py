@@ -19,7 +19,9 @@ from typing import Final, Literal
 import aiohttp
 from aiohttp import web
 
-HookKind = Literal["class attribute", "method", "coroutine method", "instance attribute"]
+HookKind = Literal[
+    "class attribute", "method", "coroutine method", "instance attribute", "keyword argument"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Hook:
             return any(self.name in vars(cls) for cls in self.owner.__mro__)
         if self.kind == "instance attribute":
             return hasattr(self.owner(), self.name)
+        if self.kind == "keyword argument":
+            return self.name in inspect.signature(self.owner).parameters
         member = getattr(self.owner, self.name, None)
         if self.kind == "coroutine method":
             return inspect.iscoroutinefunction(member)
@@ -49,6 +53,12 @@ class Hook:
 
 
 HOOKS: Final = (
+    Hook(
+        aiohttp.ClientSession,
+        "request_class",
+        "keyword argument",
+        "proxy.forward.Forwarder (installs _VerbatimRequest; not in aiohttp's documentation)",
+    ),
     Hook(
         aiohttp.ClientRequest,
         "_skip_auto_headers",
