@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, describe_signer, load_config
-
-if TYPE_CHECKING:
-    from proxy.app import Runtime
-
-EXIT_CONFIG: Final = 2
+from proxy.command import (
+    EXIT_CONFIG,
+    build_or_report,
+    load_or_report,
+    report_config_error,
+    run_event_loop,
+)
+from proxy.config import Config, ConfigError, describe_signer
 
 _EPILOG: Final = """\
 examples:
@@ -137,32 +138,8 @@ def config_schema_json() -> str:
     return json.dumps(schema, indent=2, sort_keys=True)
 
 
-def load_or_report(path: str) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        report_config_error(err)
-        return None
-
-
-def build_or_report(path: str) -> Runtime | None:
-    """The config at `path` loaded and built as `run` builds it (TLS contexts, signers, key
-    files; nothing that needs the network), or None after printing every problem."""
-    from proxy.startup import load_runtime
-
-    try:
-        return load_runtime(path)
-    except ConfigError as err:
-        report_config_error(err)
-        return None
-
-
-def report_config_error(err: ConfigError) -> None:
-    print(f"invalid config: {err}", file=sys.stderr)
-
-
 def _check(path: str) -> int:
-    runtime = build_or_report(path)
+    runtime = build_or_report(path)  # what `run` builds, short of the network
     if runtime is None:
         return EXIT_CONFIG
     config = runtime.config
@@ -238,13 +215,3 @@ def _run_workers(args: argparse.Namespace, config: Config) -> int:
         print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
         return 1
     return codes[0] if codes else 1
-
-
-def run_event_loop(main_coroutine: object) -> None:
-    """asyncio.run, on uvloop where it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main_coroutine)  # type: ignore[arg-type]
-    else:
-        uvloop.run(main_coroutine)  # type: ignore[arg-type]
