@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -102,10 +102,18 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
+        # The tasks of the requests in flight, so a shutdown can cut the ones still running at
+        # its deadline; and the error code a cancelled request is logged and counted under:
+        # the client went away, unless the server is cutting it (`ProxyServer.stop`).
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.cancelled_as = "client_closed"
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
         exchange = Exchange(request.method, request.path, time.perf_counter())
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
         self.metrics.in_flight += 1
         try:
             return await self._handle(request, runtime, exchange)
@@ -126,9 +134,10 @@ class ProxyHandler:
             # from logging a traceback for what is an ordinary event for a proxy.
             return web.Response()
         except asyncio.CancelledError:
-            exchange.error = exchange.error or "client_closed"
+            exchange.error = exchange.error or self.cancelled_as
             raise
         finally:
+            self.in_flight.discard(task)
             self.metrics.in_flight -= 1
             if exchange.upstream_date and exchange.route:
                 self.clock.observe(exchange.route, exchange.upstream_date)

@@ -91,9 +91,10 @@ default (3) when the chart does not pass --drain-delay. */}}
 {{- if and $v.existingSecret $v.secret.create -}}
 {{- fail "set existingSecret or secret.create, not both" -}}
 {{- end -}}
-{{- $drain := addf (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds -}}
+{{- /* The proxy exits within drain delay + shutdown timeout + 1 s of SIGTERM (proxy/signals.py). */ -}}
+{{- $drain := addf (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds 1 -}}
 {{- if ge $drain (float64 $v.terminationGracePeriodSeconds) -}}
-{{- fail (printf "proxy.drainDelaySeconds (%s) + proxy.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
+{{- fail (printf "proxy.drainDelaySeconds (%s) + proxy.shutdownTimeoutSeconds (%v) + 1 s (the proxy exits within their sum + 1 s) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
 {{- end -}}
 {{- if not $v.existingConfigMap -}}
 {{- if not $v.config.routes -}}
