@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
-from proxy.body import SpooledBody, client_body_deadline
+from proxy.body import SpooledBody, body_too_large, client_body_deadline
 from proxy.clock import ClockSkew
 from proxy.config import Config, RetryConfig, RouteConfig
 from proxy.errors import ProxyError, error_response
@@ -381,15 +381,15 @@ class ReadBody:
 async def read_body(
     request: web.BaseRequest, route: RouteConfig, digest: BodyDigest | None
 ) -> ReadBody:
-    """The whole request body, refusing (413) anything over `max_body_bytes`.
+    """The whole request body, refusing (413) anything over the route's limit (`body_limit`).
 
     Past `spool_threshold_bytes`, when the scheme can hash incrementally (`digest`), the body
     goes to a temporary file while `digest` is fed, so memory stays flat whatever the size.
     """
-    limit = route.max_body_bytes
+    limit, setting = route.body_limit(spooled=digest is not None)
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise _too_large(limit)
+        raise body_too_large(route.name, limit, setting)
     await _send_continue(request)
     if declared is not None and (digest is None or declared <= route.spool_threshold_bytes):
         return ReadBody(await _read_declared(request, declared))
@@ -400,7 +400,7 @@ async def read_body(
         async for chunk in request.content.iter_chunked(CHUNK_SIZE):
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise body_too_large(route.name, limit, setting)
             if spooled is not None:
                 digest.update(chunk)  # type: ignore[union-attr]
                 await spooled.write(chunk)
@@ -445,12 +445,6 @@ def _is_utf8(value: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413, "body_too_large", f"the request body is over this route's max_body_bytes ({limit})"
-    )
 
 
 async def _send_continue(request: web.BaseRequest) -> None:
