@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", help="demo config (default: the bundled config/demo.yaml)")
     demo.add_argument(
+        "--listen",
+        help="proxy address HOST:PORT (default: the config's, or a free port if it is taken; "
+        "port 0: a free port)",
+    )
+    demo.add_argument(
+        "--admin",
+        help="admin address HOST:PORT (default: the config's, or a free port if it is taken)",
+    )
+    demo.add_argument(
         "--self-test",
         action="store_true",
         help="send the demo requests, print what came back, and exit",
@@ -113,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import run_demo
 
-        return run_demo(args.config, self_test=args.self_test)
+        return run_demo(args.config, self_test=args.self_test, listen=args.listen, admin=args.admin)
     raise AssertionError(args.command)
 
 

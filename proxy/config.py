@@ -434,9 +434,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except YamlError as exc:
         problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in exc.problems]
         raise ConfigError(source, problems) from None
+    problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in doc.problems]
     if not isinstance(doc.data, dict):
-        raise ConfigError(source, [ConfigProblem("", 1, "the config must be a YAML mapping")])
-    problems = _duplicate_route_names(doc)
+        problems.append(ConfigProblem("", 1, "the config must be a YAML mapping"))
+        raise ConfigError(source, problems)
+    problems += _duplicate_route_names(doc)
     try:
         config = Config.model_validate(doc.data)
     except ValidationError as exc:
