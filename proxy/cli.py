@@ -15,11 +15,13 @@ EXIT_CONFIG: Final = 2
 
 _EPILOG: Final = """\
 examples:
-  signing-proxy demo                                  try it: a demo config and a local echo server
-  signing-proxy check --config config/example.yaml    validate a config, list its routes
-  signing-proxy run --config config/example.yaml      serve on the config's listen address
-  signing-proxy run --config c.yaml --listen 0.0.0.0:8080 --log-format console
-  signing-proxy sign --config c.yaml -X POST -H 'Content-Type: application/json' \\
+  # from the repository's root; the credentials of config/example.yaml are dummies
+  signing-proxy demo                          # try it: a demo config and a local echo server
+  set -a; . config/example.env; set +a        # the example's dummy credentials, as env vars
+  signing-proxy check --config config/example.yaml    # validate a config, list its routes
+  signing-proxy run --config config/example.yaml      # serve on the config's listen address
+  signing-proxy run --config config/example.yaml --listen 127.0.0.1:18080 --log-format console
+  signing-proxy sign --config config/example.yaml -X POST -H 'Content-Type: application/json' \\
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
