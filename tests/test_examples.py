@@ -64,8 +64,7 @@ def commands(block: str) -> list[str]:
     (each part is its own step: some steps can run here and some cannot)."""
     joined = re.sub(r"\\\n\s*", "", block)
     found = []
-    for line in joined.splitlines():
-        line = line.strip()
+    for line in (raw.strip() for raw in joined.splitlines()):
         if line and not line.startswith("#"):
             found += [part.strip() for part in line.split(" && ")]
     return found
