@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         type=float,
         default=20.0,
-        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT, after which they are "
+        "cut; the process exits within drain delay + this + 1 s (default 20)",
     )
     run.add_argument(
         "--workers",

@@ -27,6 +27,7 @@ from aiohttp import web
 from proxy.config import parse_config
 from proxy.server import ProxyServer
 from proxy.signals import STOP_MARGIN_SECONDS
+from proxy.threads import DaemonThreadPool
 from tests.support import ProxyProcess, Upstream, free_port, running_upstream
 
 DRAIN = 1.0
@@ -202,3 +203,21 @@ async def test_cut_requests_are_counted_under_shutdown(
     assert registry.get_sample_value("signing_proxy_errors_total", labels) == 1
     closed = {"route": "slow", "code": "client_closed"}
     assert registry.get_sample_value("signing_proxy_errors_total", closed) is None
+
+
+async def test_the_daemon_pool_runs_calls_and_its_shutdown_never_waits() -> None:
+    pool = DaemonThreadPool(max_threads=2, name="test-pool")
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(pool, sum, [1, 2]) == 3
+    with pytest.raises(ZeroDivisionError):
+        await loop.run_in_executor(pool, divmod, 1, 0)
+    release = threading.Event()
+    blocked = loop.run_in_executor(pool, release.wait, 30)
+    pool.shutdown(wait=True)  # returns while a thread is still inside a call (else: hangs here)
+    threads = [t for t in threading.enumerate() if t.name.startswith("test-pool")]
+    assert threads
+    assert all(t.daemon for t in threads)  # never joined at the interpreter's exit
+    release.set()
+    assert await blocked is True
+    with pytest.raises(RuntimeError):
+        pool.submit(sum, [1])
