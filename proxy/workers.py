@@ -154,9 +154,10 @@ class Supervisor:
     async def _stop_workers(self) -> int:
         self.stopping = True
         self._signal_workers(signal.SIGTERM)
-        # Each worker exits within this on its own (ProxyServer.stop); one that does not is
-        # killed, so the whole stop keeps the bound the pod's grace period is sized for.
-        deadline = time.monotonic() + self.shutdown_timeout + STOP_MARGIN_SECONDS
+        # A worker exits within its timeout plus a moment (ProxyServer.stop); one that does not
+        # is killed at half the margin, which leaves the other half for this process to close:
+        # the whole stop keeps the bound the pod's grace period is sized for.
+        deadline = time.monotonic() + self.shutdown_timeout + STOP_MARGIN_SECONDS / 2
         codes = []
         for process in self.processes.values():
             try:
