@@ -1,6 +1,6 @@
 """The commands a user is shown run as written: every `sh` block of the README, in order, in one
-shell session (as a user pastes them after the Quick start), and the examples of
-`signing-proxy --help`.
+shell session (as a user pastes them after the Quick start), then the complete commands quoted
+in its prose, and the examples of `signing-proxy --help`.
 
 Each command runs in bash with `failglob` (an unquoted `?` or `*` that matches nothing is an
 error, as in zsh), from a copy of the repository's `config/` (the commands run from the
@@ -48,6 +48,17 @@ def readme_blocks() -> list[list[str]]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```(?:sh|bash|shell)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     return [commands(block) for block in blocks]
+
+
+_PLACEHOLDER = re.compile(r"\.\.\.|\[|\b(?:F|N|S|HOST|PORT|METHOD|TIME|VALUE|FILE|NAME)\b")
+
+
+def readme_inline_commands() -> list[str]:
+    """Commands quoted in the README's prose that are complete: `signing-proxy` with a flag or
+    a redirection and no placeholder (`--config F`, `HOST:PORT`, `...`: those are synopses)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    spans = dict.fromkeys(re.findall(r"`(signing-proxy [^`]+)`", text))
+    return [s for s in spans if re.search(r" (?:-|>)", s) and not _PLACEHOLDER.search(s)]
 
 
 def help_examples() -> list[str]:
@@ -164,9 +175,10 @@ def _report(session: Session) -> str:
 def test_readme_commands_run_as_written(session: Session) -> None:
     blocks = readme_blocks()
     assert QUICK_START_ACTIVATE in blocks[0], "the Quick start no longer activates .venv"
-    for block in blocks:
-        for command in block:
-            session.run(command)
+    inline = readme_inline_commands()
+    assert "signing-proxy schema > config/schema.json" in inline
+    for command in [*(c for block in blocks for c in block), *inline]:
+        session.run(command)
     assert session.failures == [], _report(session)
     assert any(c.startswith("signing-proxy check") for c in session.ran)
     assert any(c.startswith("signing-proxy sign") for c in session.ran)
