@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -29,35 +29,44 @@ _WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, An
 DEFAULT_MAX_THREADS: Final = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
 
 
-class DaemonThreadPool(Executor):
-    """A thread pool (up to `max_threads`, started on demand) of daemon threads whose
-    `shutdown()` returns at once, whatever `wait` says: see the module docstring."""
+class DaemonThreadPool(ThreadPoolExecutor):
+    """A pool (up to `max_threads`, started on demand) of daemon threads whose `shutdown()`
+    returns at once, whatever `wait` says: see the module docstring.
+
+    A `ThreadPoolExecutor` by type only, because asyncio accepts nothing else as the default
+    executor: `submit` and `shutdown` are its own, and none of the base class's machinery runs
+    (its threads would be joined at exit).
+    """
 
     def __init__(self, max_threads: int = DEFAULT_MAX_THREADS, name: str = "signing-proxy") -> None:
-        self._max_threads = max_threads
-        self._name = name
-        self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = threading.Semaphore(0)
-        self._lock = threading.Lock()
-        self._shut_down = False
+        super().__init__(max_workers=max_threads, thread_name_prefix=name)
+        self._daemon_max = max_threads
+        self._daemon_name = name
+        self._daemon_work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
+        self._daemon_threads: list[threading.Thread] = []
+        self._daemon_idle = threading.Semaphore(0)
+        self._daemon_lock = threading.Lock()
+        self._daemon_closed = False
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         future: Future[T] = Future()
-        with self._lock:
-            if self._shut_down:
+        with self._daemon_lock:
+            if self._daemon_closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
-            self._work.put((future, fn, args, kwargs))
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_threads:
+            self._daemon_work.put((future, fn, args, kwargs))
+            idle = self._daemon_idle.acquire(blocking=False)
+            if not idle and len(self._daemon_threads) < self._daemon_max:
                 thread = threading.Thread(
-                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+                    target=self._run,
+                    name=f"{self._daemon_name}-{len(self._daemon_threads)}",
+                    daemon=True,
                 )
                 thread.start()
-                self._threads.append(thread)
+                self._daemon_threads.append(thread)
         return future
 
     def _run(self) -> None:
-        while (item := self._work.get()) is not None:
+        while (item := self._daemon_work.get()) is not None:
             future, fn, args, kwargs = item
             del item  # the result and arguments must not outlive the call in this frame
             if future.set_running_or_notify_cancel():
@@ -68,12 +77,12 @@ class DaemonThreadPool(Executor):
                 else:
                     future.set_result(result)
             del future, fn, args, kwargs
-            self._idle.release()
+            self._daemon_idle.release()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work and let idle threads end. Never waits (`wait` is ignored): a thread
         still inside a blocking call is left to the process's exit."""
-        with self._lock:
-            self._shut_down = True
-            for _ in self._threads:
-                self._work.put(None)
+        with self._daemon_lock:
+            self._daemon_closed = True
+            for _ in self._daemon_threads:
+                self._daemon_work.put(None)

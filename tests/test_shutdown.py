@@ -208,11 +208,12 @@ async def test_cut_requests_are_counted_under_shutdown(
 async def test_the_daemon_pool_runs_calls_and_its_shutdown_never_waits() -> None:
     pool = DaemonThreadPool(max_threads=2, name="test-pool")
     loop = asyncio.get_running_loop()
-    assert await loop.run_in_executor(pool, sum, [1, 2]) == 3
+    loop.set_default_executor(pool)  # plain asyncio accepts only a ThreadPoolExecutor here
+    assert await asyncio.to_thread(sum, [1, 2]) == 3
     with pytest.raises(ZeroDivisionError):
-        await loop.run_in_executor(pool, divmod, 1, 0)
+        await asyncio.to_thread(divmod, 1, 0)
     release = threading.Event()
-    blocked = loop.run_in_executor(pool, release.wait, 30)
+    blocked = loop.run_in_executor(None, release.wait, 30)
     pool.shutdown(wait=True)  # returns while a thread is still inside a call (else: hangs here)
     threads = [t for t in threading.enumerate() if t.name.startswith("test-pool")]
     assert threads
