@@ -48,6 +48,9 @@ _CONNECT_MESSAGE: Final = (
 # The status of a request whose client went away before any answer (nginx's convention):
 # what the metrics and the access log count it as, never a status 0.
 CLIENT_CLOSED_STATUS: Final = 499
+# The status counted and logged for a request the shutdown cut before any answer: the server
+# was unavailable to it (nothing is sent; the connection closes).
+SHUTDOWN_CUT_STATUS: Final = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,8 @@ class ProxyHandler:
             return _cut(request, exchange, None)
         except asyncio.CancelledError:
             exchange.error = exchange.error or self.cancelled_as
+            if exchange.error == "shutdown" and not exchange.status:
+                exchange.status = SHUTDOWN_CUT_STATUS  # ours, not the client's (499)
             raise
         except Exception as err:
             return self._last_resort(request, exchange, err)

@@ -108,6 +108,7 @@ def test_sigterm_exits_within_drain_plus_timeout_and_the_cut_request_says_shutdo
     events = _events(proxy)
     cut = [e for e in events if e.get("event") == "request" and e["path"] == "/slow"]
     assert [e["error"] for e in cut] == ["shutdown"]  # not client_closed: the client did not go
+    assert [e["status"] for e in cut] == [503]  # counted as ours, not as the client's 499
     assert any(e.get("event") == "shutdown_cut_requests" for e in events)
     assert events[-1]["event"] == "stopped"
 
@@ -203,6 +204,8 @@ async def test_cut_requests_are_counted_under_shutdown(
     assert registry.get_sample_value("signing_proxy_errors_total", labels) == 1
     closed = {"route": "slow", "code": "client_closed"}
     assert registry.get_sample_value("signing_proxy_errors_total", closed) is None
+    requests_503 = {"route": "slow", "method": "GET", "code": "503"}
+    assert registry.get_sample_value("signing_proxy_requests_total", requests_503) == 1
 
 
 async def test_the_daemon_pool_runs_calls_and_its_shutdown_never_waits() -> None:
