@@ -26,6 +26,7 @@ from yarl import URL
 
 from proxy.secrets import SecretValue
 from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers.hmac.config import KEY_PATH_CTX
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
@@ -441,6 +442,8 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
     # include_input=False: the input may be a secret literal.
     for error in exc.errors(include_input=False, include_url=False):
         path = _data_path(doc.data, error["loc"])
+        # A scheme may point below the field that failed (hmac: `after_sign.headers.X`).
+        path += tuple((error.get("ctx") or {}).get(KEY_PATH_CTX, ()))
         message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if error["type"] == "extra_forbidden":
             message = f"unknown key {path[-1]!r}"

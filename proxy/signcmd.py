@@ -34,7 +34,7 @@ def sign_command(args: argparse.Namespace) -> int:
     try:
         ctx = SigningContext(
             now_ms=parse_time(args.at) if args.at else SigningContext.now().now_ms,
-            nonce=args.nonce or SigningContext.now().nonce,
+            nonce=args.nonce,  # None: each use draws its own
         )
         headers = parse_headers(args.header)
         body = read_data(args.data, args.data_binary)

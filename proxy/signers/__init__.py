@@ -22,6 +22,7 @@ from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
+from proxy.signers.hmac import HmacSigner
 from proxy.signers.jscrambler import JscramblerSigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
@@ -34,6 +35,7 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     JscramblerSigner,
     DevengoSigner,
     AwsSigV4Signer,
+    HmacSigner,
     # -- registry end --
 )
 
