@@ -117,6 +117,9 @@ class SignSpec(_Model):
 class HmacConfig(SignerConfig):
     """A route's `signer:` block for `scheme: hmac` (any HMAC API, declared in YAML)."""
 
+    # A validation error must not echo the block: it holds the secret.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
     scheme: Literal["hmac"]
     key_id: SecretValue | None = Field(
         default=None, description="An identifier sent in clear: {key_id} in templates."
