@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--at", help="signing time: epoch milliseconds or ISO 8601 UTC")
     sign.add_argument("--nonce", help="nonce (default: a random UUID4)")
     sign.add_argument("--json", action="store_true", help="print one JSON object")
+    sign.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show each step (hmac: every var, the message with non-printable bytes "
+        "escaped, the key's shape, every placement); never a secret",
+    )
     sign.add_argument("url", help="the URL the app would request")
 
     demo = commands.add_parser(
