@@ -141,9 +141,15 @@ def load_or_report(path: str) -> Config | None:
 
 
 def _check(path: str) -> int:
+    from proxy.signers import PLUGIN_CLASSES, PLUGIN_ERRORS
+
+    for name, reason in PLUGIN_ERRORS.items():
+        print(f"warning: plugin scheme {name} not loaded: {reason}", file=sys.stderr)
     config = load_or_report(path)
     if config is None:
         return EXIT_CONFIG
+    if PLUGIN_CLASSES:
+        print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in PLUGIN_CLASSES))
     print(
         f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
     )
@@ -155,6 +161,10 @@ def _check(path: str) -> int:
             f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
         )
     return 0
+
+
+def _plugin_source(cls: type) -> str:
+    return f"{getattr(cls, 'scheme', '?')} ({cls.__module__}.{cls.__qualname__})"
 
 
 def _run(args: argparse.Namespace) -> int:

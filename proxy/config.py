@@ -25,7 +25,7 @@ from pydantic import (
 from yarl import URL
 
 from proxy.secrets import SecretValue
-from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
 from proxy.signers.hmac.config import KEY_PATH_CTX
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
@@ -451,7 +451,10 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
             message = f"{path[-1]} is required"
         elif error["type"] == "union_tag_invalid":
             known = ", ".join(SIGNERS)
-            message = f"unknown scheme {error['ctx']['tag']!r} (known: {known})"
+            tag = error["ctx"]["tag"]
+            message = f"unknown scheme {tag!r} (known: {known})"
+            if tag in PLUGIN_ERRORS:
+                message += f"; its plugin failed to load: {PLUGIN_ERRORS[tag]}"
         elif error["type"] == "union_tag_not_found":
             message = f"scheme is required (one of: {', '.join(SIGNERS)})"
         if error["type"] == "value_error" and "duplicate route name" in message:

@@ -24,6 +24,7 @@ from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
 from proxy.signers.hmac import HmacSigner
 from proxy.signers.jscrambler import JscramblerSigner
+from proxy.signers.plugins import load_plugins
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
 SIGNER_CLASSES: tuple[type[Signer], ...] = (
@@ -38,6 +39,11 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     HmacSigner,
     # -- registry end --
 )
+
+BUILTIN_SCHEMES: frozenset[str] = frozenset(cls.scheme for cls in SIGNER_CLASSES)
+# Installed packages' schemes (entry-point group `signing_proxy.schemes`), after the built-ins.
+PLUGIN_CLASSES, PLUGIN_ERRORS = load_plugins(set(BUILTIN_SCHEMES))
+SIGNER_CLASSES += tuple(PLUGIN_CLASSES)
 
 SIGNERS: dict[str, type[Signer]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
 
@@ -55,6 +61,8 @@ def build_signer(
 
 
 __all__ = [
+    "PLUGIN_CLASSES",
+    "PLUGIN_ERRORS",
     "SIGNERS",
     "AnySignerConfig",
     "BodyDigest",
