@@ -53,6 +53,20 @@ class Placement:
 
 
 @dataclass(frozen=True, slots=True)
+class Phase:
+    """before_sign or after_sign: its placements, in the order they are applied."""
+
+    name: str
+    query: tuple[Placement, ...]
+    form: tuple[Placement, ...]
+    headers: tuple[Placement, ...]
+
+    @property
+    def placements(self) -> tuple[Placement, ...]:
+        return self.query + self.form + self.headers
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateVar:
     name: str
     template: Compiled
@@ -68,8 +82,8 @@ class Plan:
     template_vars: tuple[TemplateVar, ...]
     strip_headers: tuple[str, ...]
     strip_params: frozenset[str]
-    before_sign: tuple[Placement, ...]
-    after_sign: tuple[Placement, ...]
+    before_sign: Phase | None  # None: nothing to place
+    after_sign: Phase | None
     key: Compiled
     keyed_mac: hmac.HMAC | None  # when the key is constant: keyed once, copied per request
     digest_name: str
@@ -133,7 +147,7 @@ def build_plan(config: HmacConfig) -> Plan:
     templates = [
         key,
         message,
-        *(p.value for p in before + after),
+        *(p.value for phase in (before, after) if phase for p in phase.placements),
         *(v.template for v in template_vars),
     ]
     needs_body = (
@@ -170,10 +184,15 @@ def _compile(source: str, scope: Scope, path: tuple[str, ...]) -> Compiled:
         raise PlanError(path, str(err)) from None
 
 
-def _placements(spec: Placements, phase: str, scope: Scope) -> tuple[Placement, ...]:
-    out = []
+def _placements(spec: Placements, phase: str, scope: Scope) -> Phase | None:
+    kinds: dict[str, tuple[Placement, ...]] = {}
     for kind in KINDS:
-        for name, source in getattr(spec, kind).items():
-            where = (phase, kind, name)
-            out.append(Placement(kind, name, _compile(source, scope, where), ".".join(where)))
-    return tuple(out)
+        kinds[kind] = tuple(
+            Placement(
+                kind, name, _compile(source, scope, (phase, kind, name)), f"{phase}.{kind}.{name}"
+            )
+            for name, source in getattr(spec, kind).items()
+        )
+    if not any(kinds.values()):
+        return None
+    return Phase(phase, kinds["query"], kinds["form"], kinds["headers"])

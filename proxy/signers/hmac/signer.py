@@ -17,9 +17,7 @@ from proxy.signers.base import Signer, SigningContext, SignResult, UpstreamReque
 from proxy.signers.hmac.compiler import URLENCODED, Compiled, Env, is_form
 from proxy.signers.hmac.config import HmacConfig
 from proxy.signers.hmac.params import parse_params, set_params, strip_params
-from proxy.signers.hmac.plan import Placement, Plan, build_plan
-
-_BAD_HEADER_CHARS: Final = frozenset("\r\n\0")
+from proxy.signers.hmac.plan import Phase, Plan, build_plan
 
 
 class FormBodyRequired(ValueError):
@@ -106,8 +104,12 @@ class HmacSigner(Signer):
             fixed = ctx.fixed_nonce
             for name, draw in plan.random_vars:
                 values[name] = (fixed if fixed is not None else draw()).encode()
-        if plan.strip_headers:
-            env.request = _strip(env.request, plan, explain)
+        if plan.strip_headers and (
+            explain is not None
+            or request.query
+            or any(name in request.headers for name in plan.strip_headers)
+        ):
+            env.request = _strip(request, plan, explain)
         if plan.before_sign:
             env.request = _place(env, plan.before_sign, explain)
         for var in plan.template_vars:
@@ -117,7 +119,10 @@ class HmacSigner(Signer):
             if var.digest is not None:
                 value = var.digest(value)
             values[var.name] = var.encode(value) if var.encode is not None else value
-        message = _render(plan.message, env, "sign.message")
+        try:
+            message = plan.message.render(env)
+        except ValueError as err:
+            raise ValueError(f"sign.message: {err}") from None
         if plan.keyed_mac is not None:
             mac = plan.keyed_mac.copy()
             mac.update(message)
@@ -150,15 +155,20 @@ def _strip(request: UpstreamRequest, plan: Plan, explain: Explanation | None) ->
     return request
 
 
-def _place(
-    env: Env, placements: tuple[Placement, ...], explain: Explanation | None
-) -> UpstreamRequest:
+def _place(env: Env, phase: Phase, explain: Explanation | None) -> UpstreamRequest:
     """Render every placement against the request as it stands, then apply them in order."""
-    rendered = [(p, _render(p.value, env, p.where)) for p in placements]
+    try:
+        query = [(p.name, p.value.render(env)) for p in phase.query] if phase.query else []
+        form = [(p.name, p.value.render(env)) for p in phase.form] if phase.form else []
+        headers = (
+            [(p.name, p.value.render(env).decode()) for p in phase.headers] if phase.headers else []
+        )
+    except ValueError:  # a filter's (|b64decode of a value that is not base64), or not text
+        raise _which_failed(env, phase) from None
+    for name, value in headers:
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"{phase.name}.headers.{name}: a header value must be one line")
     request = env.request
-    query = [(p.name, value) for p, value in rendered if p.kind == "query"]
-    form = [(p.name, value) for p, value in rendered if p.kind == "form"]
-    headers = [(p.name, _header_value(p, value)) for p, value in rendered if p.kind == "headers"]
     if query:
         request = request.replace(query=set_params(request.query, query))
     if form:
@@ -166,8 +176,26 @@ def _place(
     if headers:
         request = request.with_headers(headers)
     if explain is not None:
-        explain.placements += [(p.where, value) for p, value in rendered]
+        explain.placements += [(f"{phase.name}.query.{n}", v) for n, v in query]
+        explain.placements += [(f"{phase.name}.form.{n}", v) for n, v in form]
+        explain.placements += [(f"{phase.name}.headers.{n}", v.encode()) for n, v in headers]
     return request
+
+
+def _which_failed(env: Env, phase: Phase) -> ValueError:
+    """The error of the first placement that fails, named by its key path."""
+    for placement in phase.placements:
+        try:
+            value = placement.value.render(env)
+            if placement.kind == "headers":
+                value.decode()
+        except UnicodeDecodeError:
+            return ValueError(
+                f"{placement.where}: the value is not text (encode raw bytes with |hex or |b64)"
+            )
+        except ValueError as err:
+            return ValueError(f"{placement.where}: {err}")
+    return ValueError(f"{phase.name}: a value cannot be rendered")  # pragma: no cover
 
 
 def _render(template: Compiled, env: Env, where: str) -> bytes:
@@ -175,18 +203,6 @@ def _render(template: Compiled, env: Env, where: str) -> bytes:
         return template.render(env)
     except ValueError as err:  # a filter's, such as |b64decode on a value that is not base64
         raise ValueError(f"{where}: {err}") from None
-
-
-def _header_value(placement: Placement, value: bytes) -> str:
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"{placement.where}: the value is not text (encode raw bytes with |hex or |b64)"
-        ) from None
-    if not _BAD_HEADER_CHARS.isdisjoint(text):
-        raise ValueError(f"{placement.where}: a header value must be one line")
-    return text
 
 
 def _set_form(request: UpstreamRequest, items: list[tuple[str, bytes]]) -> UpstreamRequest:
