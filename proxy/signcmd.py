@@ -23,7 +23,14 @@ from proxy.app import Runtime, prepare_upstream
 from proxy.cli import EXIT_CONFIG, load_or_report
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
-from proxy.signers import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+from proxy.signers import (
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SigningRefused,
+    SignResult,
+    UpstreamRequest,
+)
 
 EXIT_USAGE = 1
 
@@ -60,7 +67,7 @@ def sign_command(args: argparse.Namespace) -> int:
             explanation = explained.as_dict()
         else:
             result = route.signer.sign(upstream, ctx)
-    except ValueError as err:
+    except (ValueError, SigningRefused) as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
     sent_body = result.request.body if result.request.body is not None else body
@@ -209,7 +216,7 @@ def _as_text(route: str, result: SignResult, body: bytes | None) -> str:
     return "\n".join(lines)
 
 
-def _redactor(config: SignerConfig, signer: Signer) -> Callable[[str], str]:
+def _redactor(config: SignerConfig, signer: Signer[Any]) -> Callable[[str], str]:
     secrets = sorted(
         (
             (value.reveal(), name)

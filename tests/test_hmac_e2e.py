@@ -154,3 +154,14 @@ def _env_vars(text: str) -> set[str]:
     import re
 
     return set(re.findall(r"\{env: ([A-Z0-9_]+)\}", text))
+
+
+def test_a_form_field_on_a_body_that_is_not_a_form_is_a_415(proxy: ProxyProcess) -> None:
+    code, body = _curl(
+        f"{proxy.url}/kraken/0/private/AddOrder", "-H", "Content-Type: application/json",
+        "-d", '{"nonce": 1}',
+    )  # fmt: skip
+    assert code == 415
+    assert body["error"]["code"] == "unsupported_media_type"
+    assert "application/x-www-form-urlencoded" in body["error"]["message"]
+    assert body["error"]["route"] == "kraken"

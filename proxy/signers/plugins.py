@@ -2,25 +2,25 @@
 group `signing_proxy.schemes` (README: "Write your own scheme").
 
 An entry point is `name = "package.module:SignerClass"`. The class keeps the built-ins' contract:
-a `Signer` subclass whose `config_model` (a `SignerConfig` with `scheme: Literal["name"]`) is
-validated like theirs and appears in `signing-proxy schema`. A plugin that fails to load is
-left out and its error kept, so `check` can say why a route's scheme is unknown.
+`class SignerClass(Signer[NameConfig])`, `NameConfig` being a `SignerConfig` with
+`scheme: Literal["name"]`, validated like theirs and shown by `signing-proxy schema`. A plugin
+that fails to load is left out and its error kept, so `check` can say why a route's scheme is
+unknown.
 """
 
 from __future__ import annotations
 
-import typing
 from importlib.metadata import entry_points
-from typing import Final
+from typing import Any, Final
 
 from proxy.signers.base import Signer, SignerConfig
 
 GROUP: Final = "signing_proxy.schemes"
 
 
-def load_plugins(taken: set[str]) -> tuple[list[type[Signer]], dict[str, str]]:
+def load_plugins(taken: set[str]) -> tuple[list[type[Signer[Any]]], dict[str, str]]:
     """(the plugin signer classes, {entry point name: why it was not loaded})."""
-    loaded: list[type[Signer]] = []
+    loaded: list[type[Signer[Any]]] = []
     errors: dict[str, str] = {}
     for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
         source = f"{point.value} ({point.dist.name if point.dist else 'unknown package'})"
@@ -41,8 +41,7 @@ def _check(name: str, signer: object, taken: set[str]) -> None:
     model = getattr(signer, "config_model", None)
     if not (isinstance(model, type) and issubclass(model, SignerConfig)):
         raise TypeError("config_model must be a SignerConfig subclass")
-    names = typing.get_args(model.model_fields["scheme"].annotation)
-    if names != (name,) or getattr(signer, "scheme", None) != name:
+    if model.scheme_name() != name or getattr(signer, "scheme", None) != name:
         raise TypeError(f"scheme and config_model.scheme must be Literal[{name!r}]")
     if name in taken:
         raise ValueError(f"scheme {name!r} is already taken")

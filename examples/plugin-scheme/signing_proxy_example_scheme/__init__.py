@@ -27,9 +27,7 @@ class ExampleConfig(SignerConfig):
     header_prefix: str = "X-Example"
 
 
-class ExampleSigner(Signer):
-    scheme = "example-hmac"
-    config_model = ExampleConfig
+class ExampleSigner(Signer[ExampleConfig]):  # scheme and config_model come from ExampleConfig
     public_fields = frozenset({"key_id"})  # sent in clear
 
     def __init__(self, config: ExampleConfig) -> None:

@@ -13,17 +13,21 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.signers.base import Signer, SigningContext, SignResult, UpstreamRequest
+from proxy.signers.base import (
+    Signer,
+    SigningContext,
+    SignResult,
+    UnsupportedMediaType,
+    UpstreamRequest,
+)
 from proxy.signers.hmac.compiler import URLENCODED, Compiled, Env, is_form
 from proxy.signers.hmac.config import HmacConfig
 from proxy.signers.hmac.params import parse_params, set_params, strip_params
 from proxy.signers.hmac.plan import Phase, Plan, build_plan
 
 
-class FormBodyRequired(ValueError):
+class FormBodyRequired(UnsupportedMediaType):
     """before_sign/after_sign.form on a body that is not urlencoded (a 415)."""
-
-    # TODO(core): derive from proxy.signers.base.UnsupportedMediaType once it is on main.
 
 
 @dataclass
@@ -71,9 +75,7 @@ def escape_bytes(data: bytes) -> str:
     return "".join(out)
 
 
-class HmacSigner(Signer):
-    scheme = "hmac"
-    config_model = HmacConfig
+class HmacSigner(Signer[HmacConfig]):
     public_fields = frozenset({"key_id"})  # sent in clear, by the routes that use it
 
     def __init__(self, config: HmacConfig) -> None:
