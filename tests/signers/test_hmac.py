@@ -18,7 +18,7 @@ import yaml
 from proxy.config import ConfigError, parse_config
 from proxy.signers import SigningContext, build_signer
 from proxy.signers.hmac import HmacConfig, HmacSigner
-from proxy.signers.hmac.signer import FormBodyRequired
+from proxy.signers.hmac.signer import FormBodyRequired, UnplaceableHeader
 from proxy.signers.hmac.template import parse_template
 from tests.signers.helpers import request_for
 
@@ -363,12 +363,19 @@ def test_form_on_another_body_is_refused() -> None:
             signer(**spec).sign(request, SigningContext(NOW))
 
 
-def test_header_values_must_be_one_line_of_text() -> None:
+def test_header_values_from_the_request_must_be_one_line_of_text() -> None:
     spec = {"vars": {"v": {"template": "{body}"}}, "after_sign": {"headers": {"X-V": "{v}"}}}
-    for body, words in ((b"a\r\nb", "one line"), (b"\xff", "not text")):
+    for body, words in (
+        (b"a\r\nb", "not one line"),
+        (b"a\x01", "not one line"),
+        (b"\xff", "UTF-8"),
+    ):
         request = request_for("https://h.example/p", "POST", {}, body)
-        with pytest.raises(ValueError, match=words):
+        with pytest.raises(UnplaceableHeader, match=words) as caught:
             signer(**spec).sign(request, SigningContext(NOW))
+        assert (caught.value.status, caught.value.code) == (400, "invalid_header")
+    request = request_for("https://h.example/p", "POST", {}, "tab\there \u00e9".encode())
+    assert signer(**spec).sign(request, SigningContext(NOW)).request.headers["X-V"] == "tab\there é"
 
 
 # -- the body policy, purity, secrecy ---------------------------------------------------------
@@ -520,6 +527,30 @@ SIGN = {"algorithm": "hmac-sha256", "message": "{method}"}
             "unknown key",
         ),
         ({"sign": {"message": "x"}}, "sign.algorithm", "required"),
+        (
+            {
+                "vars": {"d": {"template": "{body}", "digest": "sha256"}},
+                "sign": SIGN,
+                "after_sign": {"headers": {"X-D": "{d}"}},
+            },
+            "after_sign.headers.X-D",
+            "raw bytes",
+        ),
+        (
+            {"sign": SIGN, "after_sign": {"headers": {"X-D": "{body|md5}"}}},
+            "after_sign.headers.X-D",
+            "raw bytes",
+        ),
+        (
+            {"sign": SIGN, "after_sign": {"headers": {"X-D": "a\u0001b"}}},
+            "after_sign.headers.X-D",
+            "U+0001",
+        ),
+        (
+            {"key_id": "a\nb", "sign": SIGN, "before_sign": {"headers": {"X-K": "{key_id}"}}},
+            "key_id",
+            "U+000A",
+        ),
     ],
 )
 def test_rejected_at_load_with_the_key_path(block: dict[str, Any], path: str, words: str) -> None:

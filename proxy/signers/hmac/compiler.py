@@ -125,8 +125,6 @@ class Compiled:
     render: Getter
     reads_body: bool
     constant: bytes | None  # the value, when the template reads nothing of the request
-    prefix: bytes  # the constant text it starts with (a MAC can be fed it ahead of time)
-    rest: Getter  # the template after `prefix`
 
 
 def compile_template(source: str, scope: Scope) -> Compiled:
@@ -149,11 +147,7 @@ def compile_template(source: str, scope: Scope) -> Compiled:
     if all(value is not None for value in constants):
         constant = b"".join(v for v in constants if v is not None)
         render = _const(constant)
-    lead = 0
-    while lead < len(constants) and constants[lead] is not None:
-        lead += 1
-    prefix = b"".join(v for v in constants[:lead] if v is not None)
-    return Compiled(render, reads_body, constant, prefix, _join(getters[lead:]))
+    return Compiled(render, reads_body, constant)
 
 
 def _const(value: bytes) -> Getter:

@@ -28,11 +28,16 @@ from proxy.signers.hmac.functions import (
     NOW_FORMATS,
     RANDOM_KINDS,
 )
+from proxy.signers.hmac.template import Call, Ref, TemplateSyntaxError, Text, parse_template
 
 if TYPE_CHECKING:
     from proxy.signers.hmac.config import HmacConfig, Placements
 
 _VAR_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# C0 controls but tab, and DEL: what a header value must not hold (RFC 9110 5.5).
+HEADER_UNSAFE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_SAFE_ENCODINGS: Final = frozenset({"hex", "b64", "b64url", "pct"})
+_RAW_FILTERS: Final = frozenset({*DIGESTS, "b64decode", "hexdecode"})
 Kind = Literal["query", "form", "headers"]
 KINDS: Final[tuple[Kind, ...]] = ("query", "form", "headers")
 
@@ -126,16 +131,20 @@ def build_plan(config: HmacConfig) -> Plan:
             )
         )
     every = [*drawn, *templated]
+    raw_vars = frozenset(
+        name for name, spec in config.vars.items() if spec.digest and not spec.encode
+    )
     before = _placements(
         config.before_sign,
         "before_sign",
         scope("before_sign", drawn, dict.fromkeys(templated, after_before)),
+        raw_vars,
     )
     secret = config.secret.reveal().encode()
     key = _compile(config.sign.key, scope("sign.key", every, {}, secret=secret), ("sign", "key"))
     message = _compile(config.sign.message, scope("sign.message", every, {}), ("sign", "message"))
     after = _placements(
-        config.after_sign, "after_sign", scope("after_sign", every, {}, signature=True)
+        config.after_sign, "after_sign", scope("after_sign", every, {}, signature=True), raw_vars
     )
     digest_name = ALGORITHMS[config.sign.algorithm]
     keyed_mac = None
@@ -184,7 +193,9 @@ def _compile(source: str, scope: Scope, path: tuple[str, ...]) -> Compiled:
         raise PlanError(path, str(err)) from None
 
 
-def _placements(spec: Placements, phase: str, scope: Scope) -> Phase | None:
+def _placements(
+    spec: Placements, phase: str, scope: Scope, raw_vars: frozenset[str]
+) -> Phase | None:
     kinds: dict[str, tuple[Placement, ...]] = {}
     for kind in KINDS:
         kinds[kind] = tuple(
@@ -193,6 +204,42 @@ def _placements(spec: Placements, phase: str, scope: Scope) -> Phase | None:
             )
             for name, source in getattr(spec, kind).items()
         )
+    for name, source in spec.headers.items():
+        _check_header_template(source, scope, raw_vars, (phase, "headers", name))
     if not any(kinds.values()):
         return None
     return Phase(phase, kinds["query"], kinds["form"], kinds["headers"])
+
+
+def _check_header_template(
+    source: str, scope: Scope, raw_vars: frozenset[str], path: tuple[str, ...]
+) -> None:
+    """What a header template puts in verbatim must be header-safe, and raw bytes (a digest)
+    must be encoded: found now, not per request. (Request data is checked when placed.)"""
+    try:
+        parts = parse_template(source)
+    except TemplateSyntaxError:
+        return  # reported with its position by the compiler
+    for part in parts:
+        if isinstance(part, Text) and (found := HEADER_UNSAFE.search(part.value)):
+            raise PlanError(path, f"a header value cannot hold U+{ord(found.group()):04X}")
+        if isinstance(part, Ref | Call) and _yields_raw_bytes(part, raw_vars):
+            raise PlanError(path, f"{part} is raw bytes: encode it for a header (|hex or |b64)")
+        if isinstance(part, Ref) and part.name == "key_id" and scope.key_id is not None:
+            found = HEADER_UNSAFE.search(scope.key_id.decode("utf-8", "replace"))
+            if found and not set(part.filters) & _SAFE_ENCODINGS:
+                raise PlanError(
+                    ("key_id",),
+                    f"a control character (U+{ord(found.group()):04X}) is not allowed: "
+                    f"{'.'.join(path)} sends key_id in a header",
+                )
+
+
+def _yields_raw_bytes(part: Ref | Call, raw_vars: frozenset[str]) -> bool:
+    raw = isinstance(part, Ref) and part.name in raw_vars
+    for name in part.filters:
+        if name in _RAW_FILTERS:
+            raw = True
+        elif name in _SAFE_ENCODINGS:
+            raw = False
+    return raw

@@ -16,6 +16,7 @@ from typing import Final
 from proxy.signers.base import (
     Signer,
     SigningContext,
+    SigningRefused,
     SignResult,
     UnsupportedMediaType,
     UpstreamRequest,
@@ -23,11 +24,19 @@ from proxy.signers.base import (
 from proxy.signers.hmac.compiler import URLENCODED, Compiled, Env, is_form
 from proxy.signers.hmac.config import HmacConfig
 from proxy.signers.hmac.params import parse_params, set_params, strip_params
-from proxy.signers.hmac.plan import Phase, Plan, build_plan
+from proxy.signers.hmac.plan import HEADER_UNSAFE, Phase, Plan, build_plan
 
 
 class FormBodyRequired(UnsupportedMediaType):
     """before_sign/after_sign.form on a body that is not urlencoded (a 415)."""
+
+
+class UnplaceableHeader(SigningRefused):
+    """A header value made from the request is not one line of text (a 400). Raw bytes from
+    the config's own templates are refused at load; this is the request's data."""
+
+    status = 400
+    code = "invalid_header"
 
 
 @dataclass
@@ -168,8 +177,8 @@ def _place(env: Env, phase: Phase, explain: Explanation | None) -> UpstreamReque
     except ValueError:  # a filter's (|b64decode of a value that is not base64), or not text
         raise _which_failed(env, phase) from None
     for name, value in headers:
-        if "\n" in value or "\r" in value or "\0" in value:
-            raise ValueError(f"{phase.name}.headers.{name}: a header value must be one line")
+        if not value.isprintable() and HEADER_UNSAFE.search(value):
+            raise UnplaceableHeader(f"{phase.name}.headers.{name}: the value is not one line")
     request = env.request
     if query:
         request = request.replace(query=set_params(request.query, query))
@@ -184,7 +193,7 @@ def _place(env: Env, phase: Phase, explain: Explanation | None) -> UpstreamReque
     return request
 
 
-def _which_failed(env: Env, phase: Phase) -> ValueError:
+def _which_failed(env: Env, phase: Phase) -> Exception:
     """The error of the first placement that fails, named by its key path."""
     for placement in phase.placements:
         try:
@@ -192,9 +201,7 @@ def _which_failed(env: Env, phase: Phase) -> ValueError:
             if placement.kind == "headers":
                 value.decode()
         except UnicodeDecodeError:
-            return ValueError(
-                f"{placement.where}: the value is not text (encode raw bytes with |hex or |b64)"
-            )
+            return UnplaceableHeader(f"{placement.where}: the value is not UTF-8 text")
         except ValueError as err:
             return ValueError(f"{placement.where}: {err}")
     return ValueError(f"{phase.name}: a value cannot be rendered")  # pragma: no cover
