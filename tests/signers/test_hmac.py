@@ -421,6 +421,10 @@ def test_repr_and_errors_hold_no_secret() -> None:
     )
     assert SECRET not in repr(s)
     assert "kid-value" not in repr(s)
+    plan = repr(s._plan)  # the compiled plan holds the key: its repr must not show it
+    assert "key=Compiled(" in plan
+    assert SECRET.upper() not in plan
+    assert SECRET not in plan
     config = HmacConfig.model_validate(
         {"scheme": "hmac", "secret": SECRET, "sign": {"algorithm": "hmac-sha1", "message": "x"}}
     )

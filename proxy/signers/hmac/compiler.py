@@ -115,16 +115,17 @@ class Scope:
     place: str  # for messages: "sign.message", "before_sign", ...
     vars: frozenset[str]  # visible vars
     hidden: Mapping[str, str] = field(default_factory=dict)  # var -> why it is not visible here
-    key_id: bytes | None = None
-    secret: bytes | None = None  # only sign.key gets it
+    key_id: bytes | None = field(default=None, repr=False)
+    secret: bytes | None = field(default=None, repr=False)  # only sign.key gets it
     signature: bool = False  # only after_sign
 
 
 @dataclass(frozen=True)
 class Compiled:
-    render: Getter
+    render: Getter = field(repr=False)
     reads_body: bool
-    constant: bytes | None  # the value, when the template reads nothing of the request
+    # The value, when the template reads nothing of the request (for sign.key: the key).
+    constant: bytes | None = field(repr=False)
 
 
 def compile_template(source: str, scope: Scope) -> Compiled:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from proxy.signers.hmac.compiler import (
@@ -90,7 +90,7 @@ class Plan:
     before_sign: Phase | None  # None: nothing to place
     after_sign: Phase | None
     key: Compiled
-    keyed_mac: hmac.HMAC | None  # when the key is constant: keyed once, copied per request
+    keyed_mac: hmac.HMAC | None = field(repr=False)  # a constant key: keyed once, copied
     digest_name: str
     message: Compiled
     encode: Callable[[bytes], bytes]
