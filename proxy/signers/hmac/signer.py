@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
 from typing import Final
 
 from proxy.signers.base import (
@@ -23,6 +22,7 @@ from proxy.signers.base import (
 )
 from proxy.signers.hmac.compiler import URLENCODED, Compiled, Env, is_form
 from proxy.signers.hmac.config import HmacConfig
+from proxy.signers.hmac.explain import Explanation
 from proxy.signers.hmac.params import parse_params, set_params, strip_params
 from proxy.signers.hmac.plan import HEADER_UNSAFE, Phase, Plan, build_plan
 
@@ -37,51 +37,6 @@ class UnplaceableHeader(SigningRefused):
 
     status = 400
     code = "invalid_header"
-
-
-@dataclass
-class Explanation:
-    """What `signing-proxy sign --explain` shows. Holds no secret: the key only by its shape."""
-
-    vars: list[tuple[str, bytes]] = field(default_factory=list)
-    stripped: list[str] = field(default_factory=list)
-    message: bytes = b""
-    key: str = ""
-    algorithm: str = ""
-    signature: str = ""
-    placements: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, object]:
-        """Printable: every byte string escaped (`\\n`, `\\x00`), so raw digests show."""
-        return {
-            "vars": {name: escape_bytes(value) for name, value in self.vars},
-            "stripped": self.stripped,
-            "message": escape_bytes(self.message),
-            "message_bytes": len(self.message),
-            "algorithm": self.algorithm,
-            "key": self.key,
-            "signature": self.signature,
-            "placements": {where: escape_bytes(value) for where, value in self.placements},
-        }
-
-
-_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def escape_bytes(data: bytes) -> str:
-    """UTF-8 text as it is; `\\`, control and undecodable bytes escaped, Python style."""
-    out = []
-    for char in data.decode("utf-8", "surrogateescape"):
-        code = ord(char)
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif not char.isprintable():
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 class HmacSigner(Signer[HmacConfig]):
