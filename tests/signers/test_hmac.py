@@ -131,6 +131,7 @@ def test_body_is_the_bytes_sent() -> None:
         ("iso8601", "2016-02-23T12:46:24Z"),
         ("iso8601_ms", "2016-02-23T12:46:24.123Z"),
         ("iso8601_basic", "20160223T124624Z"),
+        ("iso8601_noz", "2016-02-23T12:46:24"),
         ("rfc1123", "Tue, 23 Feb 2016 12:46:24 GMT"),
     ],
 )
@@ -174,6 +175,7 @@ def test_template_vars_see_the_request_after_before_sign_with_digest_and_encode(
     raw = hashlib.md5(b"1456231584" + inner.encode()).hexdigest()
     assert result.request.body == body
     assert result.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert result.request.headers["Content-Length"] == str(len(body))
     assert result.string_to_sign == f"{inner}|{raw}|/x"
 
 

@@ -105,9 +105,12 @@ NOW_FORMATS: Final[dict[str, Callable[[int], str]]] = {
     "iso8601": lambda ms: f"{_utc(ms):%Y-%m-%dT%H:%M:%S}Z",
     "iso8601_ms": lambda ms: f"{_utc(ms):%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z",
     "iso8601_basic": lambda ms: f"{_utc(ms):%Y%m%dT%H%M%S}Z",
+    "iso8601_noz": lambda ms: f"{_utc(ms):%Y-%m-%dT%H:%M:%S}",
     "rfc1123": _rfc1123,
 }
-NowFormat = Literal["epoch_s", "epoch_ms", "iso8601", "iso8601_ms", "iso8601_basic", "rfc1123"]
+NowFormat = Literal[
+    "epoch_s", "epoch_ms", "iso8601", "iso8601_ms", "iso8601_basic", "iso8601_noz", "rfc1123"
+]
 
 RANDOM_KINDS: Final[dict[str, Callable[[], str]]] = {
     "uuid4": lambda: str(uuid.uuid4()),

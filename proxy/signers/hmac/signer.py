@@ -177,8 +177,11 @@ def _set_form(request: UpstreamRequest, items: list[tuple[str, bytes]]) -> Upstr
             f"this route adds form fields, so the body must be {URLENCODED}"
             f" (Content-Type: {media_type})"
         )
-    text = set_params(body.decode("utf-8", "surrogateescape"), items)
-    request = request.replace(body=text.encode("utf-8", "surrogateescape"))
-    if not body and not is_form(request):
-        request = request.with_headers({"Content-Type": URLENCODED})
-    return request
+    new_body = set_params(body.decode("utf-8", "surrogateescape"), items).encode(
+        "utf-8", "surrogateescape"
+    )
+    # The length as sent, now: a template may sign {header:Content-Length}.
+    headers = {"Content-Length": str(len(new_body))}
+    if not is_form(request):  # an empty body: it becomes a form
+        headers["Content-Type"] = URLENCODED
+    return request.replace(body=new_body).with_headers(headers)
