@@ -7,7 +7,8 @@ path (`after_sign.headers.Authorization`), found at load, never at request time.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from collections.abc import Iterator
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -27,6 +28,10 @@ _MANAGED_HEADERS: Final = frozenset(
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # `check` prints the signer's settings: only those that are set.
+        return ((k, v) for k, v in super().__repr_args__() if v not in (None, {}, [], ()))
 
 
 class VarSpec(_Model):
