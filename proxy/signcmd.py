@@ -19,8 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 from multidict import CIMultiDict
 
-from proxy.app import Runtime, prepare_upstream
-from proxy.cli import EXIT_CONFIG, load_or_report
+from proxy.app import Runtime
+from proxy.command import EXIT_CONFIG, load_or_report
+from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
 from proxy.signers import (

@@ -12,7 +12,7 @@ import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 from proxy.signers.hmac.compiler import (
     BUILTIN_NAMES,
@@ -28,10 +28,8 @@ from proxy.signers.hmac.functions import (
     NOW_FORMATS,
     RANDOM_KINDS,
 )
+from proxy.signers.hmac.spec import HmacSpec, Placements
 from proxy.signers.hmac.template import Call, Ref, TemplateSyntaxError, Text, parse_template
-
-if TYPE_CHECKING:
-    from proxy.signers.hmac.config import HmacConfig, Placements
 
 _VAR_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # C0 controls but tab, and DEL: what a header value must not hold (RFC 9110 5.5).
@@ -98,7 +96,7 @@ class Plan:
     needs_body: bool
 
 
-def build_plan(config: HmacConfig) -> Plan:
+def build_plan(config: HmacSpec) -> Plan:
     key_id = config.key_id.reveal().encode() if config.key_id is not None else None
     drawn = [name for name, spec in config.vars.items() if spec.template is None]
     templated = [name for name, spec in config.vars.items() if spec.template is not None]
