@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
+from proxy.admission import admit, body_unread
 from proxy.body import SpooledBody, client_body_deadline
 from proxy.clock import ClockSkew
 from proxy.config import Config, RetryConfig, RouteConfig
@@ -105,7 +106,8 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
-        exchange = Exchange(request.method, request.path, time.perf_counter())
+        # The path is logged once the target is admitted: never a refused request's bytes.
+        exchange = Exchange(request.method, "", time.perf_counter())
         self.metrics.in_flight += 1
         try:
             return await self._handle(request, runtime, exchange)
@@ -114,8 +116,8 @@ class ProxyHandler:
             response = error_response(
                 err.status, err.code, err.message, exchange.route, err.headers
             )
-            if err.close:
-                response.force_close()
+            if err.close or body_unread(request):
+                response.force_close()  # unread body bytes must never pass as a request
             return response
         except UpstreamAborted as err:
             exchange.aborted = True
@@ -159,10 +161,12 @@ class ProxyHandler:
         if runtime.access is not None:
             runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
         if request.method == "CONNECT":
-            raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+            # Closed: the bytes after a CONNECT are the tunnel's, never a request to serve.
+            raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE, close=True)
         if request.version not in _HTTP_1:
             # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
             raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+        admit(request)
         if not all(_is_utf8(value) for _, value in request.raw_headers):
             # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
             # of forwarding (and signing) a header that is not what the app sent.
@@ -212,7 +216,12 @@ class ProxyHandler:
         route = match.route
         if not route.signer.needs_body(request.method):
             await _send_continue(request)
-            upstream = prepare_upstream(match, request.method, query, request.headers, None)
+            # A streamed body's Content-Length is written from the parsed number (admission
+            # has refused every spelling but plain decimal), never copied from the client.
+            upstream = prepare_upstream(
+                match, request.method, query, request.headers, None,
+                body_size=request.content_length,
+            )  # fmt: skip
             return await self._forward(request, runtime, route, upstream, exchange)
         body = await read_body(request, route.config, route.signer.new_body_digest())
         try:
@@ -247,7 +256,10 @@ class ProxyHandler:
             statuses = frozenset() if last else _retry_statuses(policy)
             try:
                 signed = sign(route, upstream)
-                return await self.forwarder.forward(request, signed, options, exchange, statuses)
+                async with runtime.limits[route.name].upstream.hold():
+                    return await self.forwarder.forward(
+                        request, signed, options, exchange, statuses
+                    )
             except RetryableStatus as retry:
                 reason = f"status {retry.status}"
             except ProxyError as err:
