@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from multidict import CIMultiDict
@@ -171,7 +172,7 @@ def _as_text(route: str, result: SignResult, body: bytes | None) -> str:
     return "\n".join(lines)
 
 
-def _redactor(config: SignerConfig, signer: Signer) -> Callable[[str], str]:
+def _redactor(config: SignerConfig, signer: Signer[Any]) -> Callable[[str], str]:
     secrets = sorted(
         (
             (value.reveal(), name)

@@ -9,6 +9,8 @@ from pathlib import Path
 import requests
 import yaml
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.support import free_port, running_proxy, running_upstream
 
@@ -18,11 +20,22 @@ SECRETS = {
     "LEAK_DEVO_SECRET": "leak-devo-secret-Hh27Wm",
     "LEAK_DR_SECRET": "leak-devresults-secret-Pp90",
     "LEAK_HEADER": "leak-header-value-Ka44",
+    "LEAK_HMAC_KEY": "leak-rfc9421-hmac-key-Vv31",
 }
+# A private key (RFC 9421 route): its PEM lines must never appear, whole or in part.
+PRIVATE_PEM = (
+    ed25519.Ed25519PrivateKey.generate()
+    .private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    .decode()
+)
+KEY_MATERIAL = [line for line in PRIVATE_PEM.splitlines() if not line.startswith("-----")]
 
 
 def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
     (secret_dir / "devo-secret").write_text(SECRETS["LEAK_DEVO_SECRET"] + "\n")
+    (secret_dir / "client.pem").write_text(PRIVATE_PEM)
     return {
         "routes": [
             {
@@ -58,6 +71,30 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                 "upstream": f"http://127.0.0.1:{free_port()}",
                 "signer": {"scheme": "header", "name": "X-Key", "value": {"env": "LEAK_HEADER"}},
             },
+            {
+                "name": "rfc9421",
+                "match": {"path_prefix": "/rfc9421"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "http-message-signatures",
+                    "key_id": "public-key-id-9421",
+                    "algorithm": "ed25519",
+                    "key": {"file": str(secret_dir / "client.pem")},
+                    "components": ["@method", "@path", "content-digest"],
+                },
+            },
+            {
+                "name": "hmac9421",
+                "match": {"path_prefix": "/hmac9421"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "http-message-signatures",
+                    "key_id": "hmac-key-id",
+                    "algorithm": "hmac-sha256",
+                    "key": {"env": "LEAK_HMAC_KEY"},
+                    "components": ["@method", "x-required"],
+                },
+            },
         ]
     }
 
@@ -65,6 +102,8 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
 def _assert_clean(label: str, text: str) -> None:
     for name, value in SECRETS.items():
         assert value not in text, f"{name} leaked into {label}"
+    for line in KEY_MATERIAL:
+        assert line not in text, f"the private key leaked into {label}"
 
 
 def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
@@ -86,6 +125,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("GET", "/dead/x", None),  # 502
                 ("GET", "/nowhere", None),  # 403
                 ("GET", "/bearer/../x", None),  # 400 (requests keeps it raw)
+                ("POST", "/rfc9421/x", b'{"a": 1}'),
+                ("GET", "/hmac9421/x", None),  # refused: no X-Required header
             ]
             for method, path, body in calls:
                 response = requests.request(method, proxy.url + path, data=body, timeout=10)
@@ -112,6 +153,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/devo/x"],
             ["sign", "--config", str(config_path), "http://h/dr/x?a=1"],
             ["sign", "--config", str(config_path), "--route", "header", "http://h/y"],
+            ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/rfc9421/x"],
+            ["sign", "--config", str(config_path), "-H", "X-Required: 1", "http://h/hmac9421/x"],
         ):
             result = subprocess.run(
                 [sys.executable, "-m", "proxy", *args],
