@@ -237,7 +237,10 @@ class RetryConfig(_Model):
     @field_validator("methods")
     @classmethod
     def _upper(cls, methods: list[str]) -> list[str]:
-        return [method.upper() for method in methods]
+        upper = [method.upper() for method in methods]
+        if echoing := sorted({"TRACE", "TRACK"} & set(upper)):
+            raise ValueError(f"{', '.join(echoing)} is refused by the proxy, never retried")
+        return upper
 
 
 class AccessConfig(_Model):
