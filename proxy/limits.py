@@ -53,7 +53,10 @@ class UpstreamSlots:
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
         try:
-            async with asyncio.timeout(self._wait):
+            if self._free.locked():  # else the acquire is immediate: no timer needed
+                async with asyncio.timeout(self._wait):
+                    await self._free.acquire()
+            else:
                 await self._free.acquire()
         except TimeoutError:
             raise ProxyError(

@@ -312,6 +312,7 @@ class RawUpstream:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._connections: list[bytearray] = []
+        self._arrivals: list[bytes] = []  # every chunk received, on any connection, in order
         self.heads: list[bytes] = []  # each request head as received, in order
         self._stopping = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -322,9 +323,15 @@ class RawUpstream:
 
     @property
     def received(self) -> bytes:
-        """Everything received so far, on all connections, in connection order."""
+        """Everything received so far, on all connections, in the order it arrived."""
         with self._lock:
-            return b"".join(bytes(data) for data in self._connections)
+            return b"".join(self._arrivals)
+
+    @property
+    def connections(self) -> list[bytes]:
+        """What each connection received, in the order the connections were accepted."""
+        with self._lock:
+            return [bytes(data) for data in self._connections]
 
     def mark(self) -> int:
         """A point to compare `received_since` with."""
@@ -365,6 +372,7 @@ class RawUpstream:
             if chunk:
                 with self._lock:
                     data.extend(chunk)
+                    self._arrivals.append(chunk)
                 buffer.extend(chunk)
             return bool(chunk)
 

@@ -447,9 +447,14 @@ def test_the_per_route_upstream_connection_cap_holds(
     """A slow body holds its route's only upstream connection (max_upstream_connections: 1):
     the next request on that route waits `timeout.connect` (0.5 s) and gets a 503; other
     routes are untouched; once the slow request ends, the route serves again."""
+    mark = raw_upstream.mark()
     with socket.create_connection(("127.0.0.1", proxy.port)) as slow:
         slow.sendall(b"POST /one/slow HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhello")
-        time.sleep(0.3)  # its upstream exchange has started
+        deadline = time.monotonic() + 5
+        while b"POST /base/slow " not in raw_upstream.received_since(mark) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.02)  # until its upstream exchange has started
         blocked = send(proxy.port, b"GET /one/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert (blocked.status, blocked.error_code()) == (503, "upstream_connections_exhausted")
         _serves(proxy, raw_upstream)  # another route
