@@ -119,7 +119,7 @@ def check_host(host_header: str | None) -> None:
         raise ProxyError(400, "invalid_host", f"invalid Host header: {err}") from None
 
 
-def admit(request: web.BaseRequest) -> None:
+def check_request(request: web.BaseRequest) -> None:
     """Raise the ProxyError that refuses `request`, or return: it may be routed.
 
     Every refusal closes the connection: the request's framing (or target, or method) is one
