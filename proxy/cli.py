@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--at", help="signing time: epoch milliseconds or ISO 8601 UTC")
     sign.add_argument("--nonce", help="nonce (default: a random UUID4)")
     sign.add_argument("--json", action="store_true", help="print one JSON object")
+    sign.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show each step (hmac: every var, the message with non-printable bytes "
+        "escaped, the key's shape, every placement); never a secret",
+    )
     sign.add_argument("url", help="the URL the app would request")
 
     demo = commands.add_parser(
@@ -137,9 +143,15 @@ def config_schema_json() -> str:
 
 
 def _check(path: str) -> int:
+    from proxy.signers import PLUGIN_CLASSES, PLUGIN_ERRORS
+
+    for name, reason in PLUGIN_ERRORS.items():
+        print(f"warning: plugin scheme {name} not loaded: {reason}", file=sys.stderr)
     config = load_or_report(path)
     if config is None:
         return EXIT_CONFIG
+    if PLUGIN_CLASSES:
+        print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in PLUGIN_CLASSES))
     print(
         f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
     )
@@ -151,6 +163,10 @@ def _check(path: str) -> int:
             f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
         )
     return 0
+
+
+def _plugin_source(cls: type) -> str:
+    return f"{getattr(cls, 'scheme', '?')} ({cls.__module__}.{cls.__qualname__})"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -26,7 +26,8 @@ from yarl import URL
 
 from proxy.http import MANAGED_HEADERS, is_field_name
 from proxy.secrets import SecretValue
-from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers.hmac.config import KEY_PATH_CTX
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
@@ -486,6 +487,8 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
     # include_input=False: the input may be a secret literal.
     for error in exc.errors(include_input=False, include_url=False):
         path = _data_path(doc.data, error["loc"])
+        # A scheme may point below the field that failed (hmac: `after_sign.headers.X`).
+        path += tuple((error.get("ctx") or {}).get(KEY_PATH_CTX, ()))
         message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if error["type"] == "extra_forbidden":
             message = f"unknown key {path[-1]!r}"
@@ -493,7 +496,10 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
             message = f"{path[-1]} is required"
         elif error["type"] == "union_tag_invalid":
             known = ", ".join(SIGNERS)
-            message = f"unknown scheme {error['ctx']['tag']!r} (known: {known})"
+            tag = error["ctx"]["tag"]
+            message = f"unknown scheme {tag!r} (known: {known})"
+            if tag in PLUGIN_ERRORS:
+                message += f"; its plugin failed to load: {PLUGIN_ERRORS[tag]}"
         elif error["type"] == "union_tag_not_found":
             message = f"scheme is required (one of: {', '.join(SIGNERS)})"
         if error["type"] == "value_error" and "duplicate route name" in message:
