@@ -18,6 +18,7 @@ from typing import Any, Final
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
+from proxy.admission import body_unread, check_request
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
 from proxy.config import Config, setting_at
@@ -101,7 +102,8 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
-        exchange = Exchange(request.method, request.path, time.perf_counter())
+        # The path is logged once the target is admitted: never a refused request's bytes.
+        exchange = Exchange(request.method, "", time.perf_counter())
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
@@ -115,8 +117,8 @@ class ProxyHandler:
             response = error_response(
                 err.status, err.code, err.message, exchange.route, err.headers
             )
-            if err.close:
-                response.force_close()
+            if err.close or body_unread(request):
+                response.force_close()  # unread body bytes must never pass as a request
             return response
         except ResponseAborted as err:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
@@ -164,8 +166,10 @@ class ProxyHandler:
         """Read the body (if the scheme signs it), sign, forward, relay."""
         upstream = await read_request(request, match, query)
         try:
-            response = await self._sign_and_forward(request, match.route, upstream, exchange)
-            return await relay(request, response, exchange)
+            # One of the route's upstream connections, held to the end of the relayed answer.
+            async with match.route.limits.upstream.hold():
+                response = await self._sign_and_forward(request, match.route, upstream, exchange)
+                return await relay(request, response, exchange)
         finally:
             if upstream.spooled is not None:
                 upstream.spooled.close()  # the temporary file goes, whatever happened
@@ -246,10 +250,12 @@ def admit(request: web.BaseRequest, runtime: Runtime) -> None:
     if runtime.access is not None:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
     if request.method == "CONNECT":
-        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+        # Closed: the bytes after a CONNECT are the tunnel's, never a request to serve.
+        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE, close=True)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+    check_request(request)  # method, target bytes, framing, Host port (proxy/admission.py)
     if not all(_is_utf8(value) for _, value in request.raw_headers):
         # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
         # of forwarding (and signing) a header that is not what the app sent.

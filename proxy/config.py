@@ -36,6 +36,7 @@ DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_ADMIN: Final = "127.0.0.1:9090"
 DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_SPOOL_THRESHOLD_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_UPSTREAM_CONNECTIONS: Final = 100
 # A spooled body costs disk, not memory: room for S3's largest single PUT (5 GiB).
 DEFAULT_MAX_SPOOLED_BODY_BYTES: Final = 5 * 1024 * 1024 * 1024
 
@@ -209,7 +210,8 @@ class RateLimitConfig(_Model):
         return self
 
 
-IDEMPOTENT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
+# TRACE is idempotent but refused at the door (proxy/admission.py): never retried either.
+IDEMPOTENT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 RetryOn = Literal["connect_error", 502, 503, 504]
 
 
@@ -236,7 +238,10 @@ class RetryConfig(_Model):
     @field_validator("methods")
     @classmethod
     def _upper(cls, methods: list[str]) -> list[str]:
-        return [method.upper() for method in methods]
+        upper = [method.upper() for method in methods]
+        if echoing := sorted({"TRACE", "TRACK"} & set(upper)):
+            raise ValueError(f"{', '.join(echoing)} is refused by the proxy, never retried")
+        return upper
 
 
 class AccessConfig(_Model):
@@ -291,6 +296,14 @@ class RouteConfig(_Model):
     headers: HeadersConfig = HeadersConfig()
     max_concurrent: int | None = Field(
         default=None, gt=0, description="Requests in flight at once; 503 above (default: none)."
+    )
+    max_upstream_connections: int = Field(
+        default=DEFAULT_MAX_UPSTREAM_CONNECTIONS,
+        gt=0,
+        le=100_000,
+        description="Upstream connections this route may use at once (each request holds one "
+        "until its response is relayed); a request waits up to timeout.connect for one, then "
+        "503.",
     )
     rate_limit: RateLimitConfig | None = Field(
         default=None, description="Token bucket; 429 with Retry-After above (default: none)."
@@ -367,6 +380,14 @@ class RequestLimitsConfig(_Model):
         default=8190, ge=256, le=1_048_576, description="One header name or value."
     )
     max_headers: int = Field(default=128, ge=8, le=10_000, description="Header lines.")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a complete request head, from the "
+        "connection's start or from the first byte of a later request; then the connection "
+        "is closed.",
+    )
 
 
 class Config(_Model):

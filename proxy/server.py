@@ -25,7 +25,8 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from proxy.access import is_loopback
-from proxy.admin import make_admin_app
+from proxy.admin import admin_runner
+from proxy.aiohttp_internals import HardenedServer
 from proxy.app import ProxyHandler, Runtime
 from proxy.config import (
     Config,
@@ -142,7 +143,7 @@ class ProxyServer:
         # app sent, under its own Content-Encoding, never decoded behind the app's back.
         limits = self.runtime.config.request_limits
         self._unhook_parser_refusals = on_parser_refusal(self.metrics.parser_refusals.inc)
-        server = web.Server(
+        server = HardenedServer(
             self.handler,
             handler_cancellation=True,
             access_log=None,
@@ -150,6 +151,8 @@ class ProxyServer:
             max_line_size=limits.max_line_bytes,
             max_field_size=limits.max_field_bytes,
             max_headers=limits.max_headers,
+            header_timeout=limits.header_timeout,
+            on_header_timeout=self.metrics.header_timeouts.inc,
         )
         self._web_server = server
         # stop() waits for the requests itself, within shutdown_timeout: by the time the runner
@@ -160,11 +163,13 @@ class ProxyServer:
         if self.worker:
             self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
         else:
-            admin_app = make_admin_app(self.metrics.registry, self.is_ready, self.metrics.sync)
-            admin_runner = web.AppRunner(
-                admin_app, access_log=None, shutdown_timeout=CLOSE_WAIT_SECONDS
+            admin = admin_runner(
+                self.metrics.registry,
+                self.is_ready,
+                self.metrics.sync,
+                shutdown_timeout=CLOSE_WAIT_SECONDS,
             )
-            sites.append((admin_runner, self.admin))
+            sites.append((admin, self.admin))
         for runner, address in sites:
             await runner.setup()
             self._runners.append(runner)

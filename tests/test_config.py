@@ -302,6 +302,48 @@ BAD_CONFIGS = [
         5,
         "reseller",
     ),
+    (
+        "trace-retried",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /a}
+            upstream: https://x.example.com
+            signer: {scheme: bearer, token: t}
+            retries: {attempts: 2, methods: [GET, trace]}
+        """,
+        "routes[0].retries.methods",
+        6,
+        "TRACE is refused",
+    ),
+    (
+        "zero-upstream-connections",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /a}
+            upstream: https://x.example.com
+            signer: {scheme: bearer, token: t}
+            max_upstream_connections: 0
+        """,
+        "routes[0].max_upstream_connections",
+        6,
+        "greater than 0",
+    ),
+    (
+        "zero-header-timeout",
+        """\
+        request_limits: {header_timeout: 0}
+        routes:
+          - name: a
+            match: {path_prefix: /a}
+            upstream: https://x.example.com
+            signer: {scheme: bearer, token: t}
+        """,
+        "request_limits.header_timeout",
+        1,
+        "greater than 0",
+    ),
 ]
 
 
