@@ -13,14 +13,15 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
+from proxy.admission import body_unread, check_request
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
-from proxy.config import Config
+from proxy.config import Config, setting_at
 from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder, UpstreamResponse
@@ -48,6 +49,9 @@ _CONNECT_MESSAGE: Final = (
 # The status of a request whose client went away before any answer (nginx's convention):
 # what the metrics and the access log count it as, never a status 0.
 CLIENT_CLOSED_STATUS: Final = 499
+# The status counted and logged for a request the shutdown cut before any answer: the server
+# was unavailable to it (nothing is sent; the connection closes).
+SHUTDOWN_CUT_STATUS: Final = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,20 +69,18 @@ class Runtime:
         config: Config,
         on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
     ) -> Runtime:
-        routes = [
-            Route.compile(
-                rc,
-                build_signer(
-                    rc.signer,
-                    route=rc.name,
-                    on_refresh=on_refresh_for(rc.name) if on_refresh_for else None,
-                ),
-            )
-            for rc in config.routes
-        ]
-        return cls(
-            config=config, table=RouteTable(routes), access=AccessPolicy.from_config(config.access)
-        )
+        """Raises `InvalidSetting` naming the key of a setting that cannot be used; call it
+        through `proxy.startup.build_runtime`, which reports that as a config error."""
+        routes: list[Route] = []
+        for index, rc in enumerate(config.routes):
+            with setting_at("routes", index):
+                with setting_at("signer"):
+                    on_refresh = on_refresh_for(rc.name) if on_refresh_for else None
+                    signer = build_signer(rc.signer, route=rc.name, on_refresh=on_refresh)
+                routes.append(Route.compile(rc, signer))  # its TLS context: `tls` keys
+        with setting_at("access"):
+            access = AccessPolicy.from_config(config.access)
+        return cls(config=config, table=RouteTable(routes), access=access)
 
     def is_ready(self) -> bool:
         return all(route.signer.is_ready() for route in self.table.routes)
@@ -92,10 +94,19 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
+        # The tasks of the requests in flight, so a shutdown can cut the ones still running at
+        # its deadline; and the error code a cancelled request is logged and counted under:
+        # the client went away, unless the server is cutting it (`ProxyServer.stop`).
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.cancelled_as = "client_closed"
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
-        exchange = Exchange(request.method, request.path, time.perf_counter())
+        # The path is logged once the target is admitted: never a refused request's bytes.
+        exchange = Exchange(request.method, "", time.perf_counter())
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
         self.metrics.in_flight += 1
         try:
             return await self._handle(request, runtime, exchange)
@@ -106,18 +117,21 @@ class ProxyHandler:
             response = error_response(
                 err.status, err.code, err.message, exchange.route, err.headers
             )
-            if err.close:
-                response.force_close()
+            if err.close or body_unread(request):
+                response.force_close()  # unread body bytes must never pass as a request
             return response
         except ResponseAborted as err:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
             return _cut(request, exchange, None)
         except asyncio.CancelledError:
-            exchange.error = exchange.error or "client_closed"
+            exchange.error = exchange.error or self.cancelled_as
+            if exchange.error == "shutdown" and not exchange.status:
+                exchange.status = SHUTDOWN_CUT_STATUS  # ours, not the client's (499)
             raise
         except Exception as err:
             return self._last_resort(request, exchange, err)
         finally:
+            self.in_flight.discard(task)
             self.metrics.in_flight -= 1
             if not exchange.status:  # the client left before any answer
                 exchange.status = CLIENT_CLOSED_STATUS
@@ -152,8 +166,10 @@ class ProxyHandler:
         """Read the body (if the scheme signs it), sign, forward, relay."""
         upstream = await read_request(request, match, query)
         try:
-            response = await self._sign_and_forward(request, match.route, upstream, exchange)
-            return await relay(request, response, exchange)
+            # One of the route's upstream connections, held to the end of the relayed answer.
+            async with match.route.limits.upstream.hold():
+                response = await self._sign_and_forward(request, match.route, upstream, exchange)
+                return await relay(request, response, exchange)
         finally:
             if upstream.spooled is not None:
                 upstream.spooled.close()  # the temporary file goes, whatever happened
@@ -234,10 +250,12 @@ def admit(request: web.BaseRequest, runtime: Runtime) -> None:
     if runtime.access is not None:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
     if request.method == "CONNECT":
-        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+        # Closed: the bytes after a CONNECT are the tunnel's, never a request to serve.
+        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE, close=True)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+    check_request(request)  # method, target bytes, framing, Host port (proxy/admission.py)
     if not all(_is_utf8(value) for _, value in request.raw_headers):
         # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
         # of forwarding (and signing) a header that is not what the app sent.

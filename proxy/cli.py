@@ -9,18 +9,26 @@ from collections.abc import Sequence
 from typing import Final
 
 from proxy import __version__
-from proxy.command import EXIT_CONFIG, load_or_report, run_event_loop
-from proxy.config import Config, describe_signer
+from proxy.command import (
+    EXIT_CONFIG,
+    build_or_report,
+    load_or_report,
+    report_config_error,
+    run_event_loop,
+)
+from proxy.config import Config, ConfigError, describe_signer
 
 SETTLE_AFTER_SECONDS: Final = 1.0  # from ready to the garbage collector's settling
 
 _EPILOG: Final = """\
 examples:
-  signing-proxy demo                                  try it: a demo config and a local echo server
-  signing-proxy check --config config/example.yaml    validate a config, list its routes
-  signing-proxy run --config config/example.yaml      serve on the config's listen address
-  signing-proxy run --config c.yaml --listen 0.0.0.0:8080 --log-format console
-  signing-proxy sign --config c.yaml -X POST -H 'Content-Type: application/json' \\
+  # from the repository's root; the credentials of config/example.yaml are dummies
+  signing-proxy demo                          # try it: a demo config and a local echo server
+  set -a; . config/example.env; set +a        # the example's dummy credentials, as env vars
+  signing-proxy check --config config/example.yaml    # validate a config, list its routes
+  signing-proxy run --config config/example.yaml      # serve on the config's listen address
+  signing-proxy run --config config/example.yaml --listen 127.0.0.1:18080 --log-format console
+  signing-proxy sign --config config/example.yaml -X POST -H 'Content-Type: application/json' \\
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
@@ -48,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         type=float,
         default=20.0,
-        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT, after which they are "
+        "cut; the process exits within drain delay + this + 1 s (default 20)",
     )
     run.add_argument(
         "--workers",
@@ -84,12 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--at", help="signing time: epoch milliseconds or ISO 8601 UTC")
     sign.add_argument("--nonce", help="nonce (default: a random UUID4)")
     sign.add_argument("--json", action="store_true", help="print one JSON object")
+    sign.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show each step (hmac: every var, the message with non-printable bytes "
+        "escaped, the key's shape, every placement); never a secret",
+    )
     sign.add_argument("url", help="the URL the app would request")
 
     demo = commands.add_parser(
         "demo", help="run the proxy on a demo config in front of a local echo server"
     )
     demo.add_argument("--config", help="demo config (default: the bundled config/demo.yaml)")
+    demo.add_argument(
+        "--listen",
+        help="proxy address HOST:PORT (default: the config's, or a free port if it is taken; "
+        "port 0: a free port)",
+    )
+    demo.add_argument(
+        "--admin",
+        help="admin address HOST:PORT (default: the config's, or a free port if it is taken)",
+    )
     demo.add_argument(
         "--self-test",
         action="store_true",
@@ -100,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in {"check", "run", "demo"}:
+        from proxy.aiohttp_internals import UnsupportedAiohttp, require_hooks
+
+        try:
+            require_hooks()
+        except UnsupportedAiohttp as err:
+            print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
+            return 1
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":
@@ -114,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import run_demo
 
-        return run_demo(args.config, self_test=args.self_test)
+        return run_demo(args.config, self_test=args.self_test, listen=args.listen, admin=args.admin)
     raise AssertionError(args.command)
 
 
@@ -128,9 +160,17 @@ def config_schema_json() -> str:
 
 
 def _check(path: str) -> int:
-    config = load_or_report(path)
-    if config is None:
+    from proxy.signers import plugin_classes, plugin_errors
+
+    plugins = plugin_classes()  # every installed plugin tried, so a broken one is reported
+    for name, reason in plugin_errors().items():
+        print(f"warning: plugin scheme {name} not loaded: {reason}", file=sys.stderr)
+    runtime = build_or_report(path)  # what `run` builds, short of the network
+    if runtime is None:
         return EXIT_CONFIG
+    config = runtime.config
+    if plugins:
+        print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in plugins))
     print(
         f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
     )
@@ -142,6 +182,10 @@ def _check(path: str) -> int:
             f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
         )
     return 0
+
+
+def _plugin_source(cls: type) -> str:
+    return f"{getattr(cls, 'scheme', '?')} ({cls.__module__}.{cls.__qualname__})"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -156,16 +200,23 @@ def _run(args: argparse.Namespace) -> int:
         print("signing-proxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     if args.workers > 1:
+        if build_or_report(args.config) is None:  # refused here, not by N workers
+            return EXIT_CONFIG
         return _run_workers(args, config)
-    server = ProxyServer(
-        config,
-        config_path=args.config,
-        listen=args.listen,
-        admin=args.admin,
-        shutdown_timeout=args.shutdown_timeout,
-        drain_delay=args.drain_delay,
-        worker=args.worker,
-    )
+    try:
+        server = ProxyServer(
+            config,
+            config_path=args.config,
+            listen=args.listen,
+            admin=args.admin,
+            shutdown_timeout=args.shutdown_timeout,
+            drain_delay=args.drain_delay,
+            worker=args.worker,
+        )
+    except ConfigError as err:  # a setting that validated but cannot be used
+        report_config_error(err)
+        return EXIT_CONFIG
+
     def settle_soon() -> None:
         # The settling's full collection (10-40 ms) would hold the first /readyz answer, and
         # start-up time is the pod's: it runs once the proxy has served for a moment.

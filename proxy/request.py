@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.body import SpooledBody
+from proxy.body import SpooledBody, body_too_large
 from proxy.config import RouteConfig
 from proxy.errors import ProxyError
 from proxy.forward import CHUNK_SIZE
@@ -27,7 +27,11 @@ async def read_request(request: web.BaseRequest, match: RouteMatch, query: str) 
     signer = match.route.signer
     if not signer.needs_body(request.method):
         await send_continue(request)
-        return prepare_upstream(match, request.method, query, request.headers, None)
+        # A streamed body's Content-Length is the number the parser read, written by the
+        # proxy (admission refused every spelling but plain decimal), never the client's text.
+        return prepare_upstream(
+            match, request.method, query, request.headers, None, streamed=request.content_length
+        )
     body = await read_body(request, match.route.config, signer.new_body_digest())
     if body.spooled is None:
         return prepare_upstream(match, request.method, query, request.headers, body.data)
@@ -55,18 +59,22 @@ def prepare_upstream(
     *,
     spooled: SpooledBody | None = None,
     body_digest: BodyDigest | None = None,
+    streamed: int | None = None,
 ) -> UpstreamRequest:
     """The request to sign: the app's request minus hop-by-hop headers, with the route's static
     header edits, `Host` set to the upstream's, `Content-Length` set to the size of a body read
-    for signing (`body`, or `spooled` with the `body_digest` fed as it was read), and the path
+    for signing (`body`, or `spooled` with the `body_digest` fed as it was read) or to the
+    declared length of a body that streams (`streamed`), and the path
     mapped onto the upstream's. One pass over the app's headers, which keep their order."""
     route = match.route
     edited = route.edited_headers
     named = connection_tokens(headers)
     if body is not None:
         length: str | None = str(len(body))
+    elif spooled is not None:
+        length = str(spooled.size)
     else:
-        length = None if spooled is None else str(spooled.size)
+        length = None if streamed is None else str(streamed)
     out: CIMultiDict[str] = CIMultiDict()
     host_done = length_done = False
     for name, value in headers.items():
@@ -118,15 +126,15 @@ class ReadBody:
 async def read_body(
     request: web.BaseRequest, route: RouteConfig, digest: BodyDigest | None
 ) -> ReadBody:
-    """The whole request body, refusing (413) anything over `max_body_bytes`.
+    """The whole request body, refusing (413) anything over the route's limit (`body_limit`).
 
     Past `spool_threshold_bytes`, when the scheme can hash incrementally (`digest`), the body
     goes to a temporary file while `digest` is fed, so memory stays flat whatever the size.
     """
-    limit = route.max_body_bytes
+    limit, setting = route.body_limit(spooled=digest is not None)
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise _too_large(limit)
+        raise body_too_large(route.name, limit, setting)
     await send_continue(request)
     if declared is not None and (digest is None or declared <= route.spool_threshold_bytes):
         return ReadBody(await _read_declared(request, declared))
@@ -137,7 +145,7 @@ async def read_body(
         async for chunk in request.content.iter_chunked(CHUNK_SIZE):
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise body_too_large(route.name, limit, setting)
             if spooled is not None:
                 digest.update(chunk)  # type: ignore[union-attr]
                 await spooled.write(chunk)
@@ -174,12 +182,6 @@ async def _read_declared(request: web.BaseRequest, length: int) -> bytes:
         raise ProxyError(400, "invalid_body", message) from None
     except (HttpProcessingError, web.RequestPayloadError) as err:
         raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
-
-
-def _too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413, "body_too_large", f"the request body is over this route's max_body_bytes ({limit})"
-    )
 
 
 async def send_continue(request: web.BaseRequest) -> None:

@@ -8,7 +8,9 @@ the old one keeps serving.
 Drain (SIGTERM, as Kubernetes sends it): `/readyz` fails at once so the endpoint is taken out of
 rotation, new connections are still accepted for `drain_delay` seconds (endpoint removal takes a
 moment to reach every node), then the listener closes and in-flight requests get
-`shutdown_timeout` seconds to finish. SIGINT skips the delay (a person pressed Ctrl-C).
+`shutdown_timeout` seconds to finish; those still running then are cut. SIGINT skips the delay
+(a person pressed Ctrl-C). From the signal to the process's exit: at most `drain_delay` +
+`shutdown_timeout` + `signals.STOP_MARGIN_SECONDS`, which is what a pod's grace period must cover.
 """
 
 from __future__ import annotations
@@ -23,14 +25,31 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from proxy.access import is_loopback
-from proxy.admin import make_admin_app
+from proxy.admin import admin_runner
+from proxy.aiohttp_internals import HardenedServer
 from proxy.app import ProxyHandler, Runtime
-from proxy.config import Config, ConfigError, load_config, parse_host_port
+from proxy.config import (
+    Config,
+    ConfigError,
+    ConfigProblem,
+    InvalidSetting,
+    format_path,
+    parse_config,
+    parse_host_port,
+    read_config_text,
+    setting_at,
+)
 from proxy.forward import Forwarder
 from proxy.logs import access_log, get_logger, on_parser_refusal
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
-from proxy.reload import ConfigWatcher, watched_files
-from proxy.signals import StopSignals
+from proxy.reload import ConfigWatcher, fingerprint, watched_files
+from proxy.signals import (
+    CLOSE_WAIT_SECONDS,
+    CUT_WAIT_SECONDS,
+    StopSignals,
+)
+from proxy.startup import build_runtime
+from proxy.threads import DaemonThreadPool
 
 log = get_logger("signing_proxy")
 
@@ -97,7 +116,9 @@ class ProxyServer:
         self.reload_metrics = ReloadMetrics(self.metrics.registry)
         self.credential_metrics = CredentialMetrics(self.metrics.registry)
         self.forwarder = Forwarder()
-        runtime = Runtime.build(config, self.credential_metrics.callback)
+        source = "<config>" if config_path is None else str(config_path)
+        # Raises ConfigError (key path, never a secret) for a setting that cannot be used.
+        runtime = build_runtime(config, source, on_refresh_for=self.credential_metrics.callback)
         self.handler = ProxyHandler(runtime, self.forwarder, self.metrics)
         self.draining = False
         self._runners: list[web.BaseRunner] = []
@@ -105,6 +126,7 @@ class ProxyServer:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unhook_parser_refusals: Callable[[], None] | None = None
+        self._web_server: web.Server | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -121,7 +143,7 @@ class ProxyServer:
         # app sent, under its own Content-Encoding, never decoded behind the app's back.
         limits = self.runtime.config.request_limits
         self._unhook_parser_refusals = on_parser_refusal(self.metrics.parser_refusals.inc)
-        server = web.Server(
+        server = HardenedServer(
             self.handler,
             handler_cancellation=True,
             access_log=None,
@@ -129,15 +151,25 @@ class ProxyServer:
             max_line_size=limits.max_line_bytes,
             max_field_size=limits.max_field_bytes,
             max_headers=limits.max_headers,
+            header_timeout=limits.header_timeout,
+            on_header_timeout=self.metrics.header_timeouts.inc,
         )
-        proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
+        self._web_server = server
+        # stop() waits for the requests itself, within shutdown_timeout: by the time the runner
+        # cleans up, nothing is in flight. Its own wait would come twice (once for the handlers,
+        # again after cancelling them), doubling the bound.
+        proxy_runner = web.ServerRunner(server, shutdown_timeout=CLOSE_WAIT_SECONDS)
         sites: list[tuple[web.BaseRunner, str]] = [(proxy_runner, self.listen)]
         if self.worker:
             self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
         else:
-            admin_app = make_admin_app(self.metrics.registry, self.is_ready, self.metrics.sync)
-            admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
-            sites.append((admin_runner, self.admin))
+            admin = admin_runner(
+                self.metrics.registry,
+                self.is_ready,
+                self.metrics.sync,
+                shutdown_timeout=CLOSE_WAIT_SECONDS,
+            )
+            sites.append((admin, self.admin))
         for runner, address in sites:
             await runner.setup()
             self._runners.append(runner)
@@ -175,32 +207,54 @@ class ProxyServer:
             await asyncio.sleep(0.5)
 
     async def reload(self, reason: str) -> bool:
-        """Load the config file again; swap it in if valid. Returns whether it was applied."""
+        """Load the config file again; swap it in if valid. Returns whether it was applied.
+
+        Never raises: whatever goes wrong is a counted, logged failure that keeps the running
+        config, so the file watcher and the SIGHUP handler survive it and apply the next good
+        change.
+        """
         if self.config_path is None:
             return False
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(load_config, self.config_path)
-                runtime = Runtime.build(config, self.credential_metrics.callback)
-            except ConfigError as err:
-                problems = [str(problem) for problem in err.problems]
-                return self._reload_failed(reason, problems)
-            except ValueError as err:  # a signer refused its config at build time
-                return self._reload_failed(reason, [str(err)])
-            for route in runtime.table.routes:
-                await route.signer.start()
-            old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
-            self._warn_on_restart_settings(old.config, config)
-            if self._watcher is not None:
-                self._watcher.watch(watched_files(config, self.config_path))
-            self.reload_metrics.loaded(reloaded=True)
-            log.info(
-                "config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes]
-            )
-            for route in old.table.routes:
-                await route.signer.close()
-            thaw_garbage_collector()
-            return True
+                return await self._reload(reason, self.config_path)
+            except Exception as err:  # a bug of ours: still never the end of reloading
+                problem = f"unexpected {type(err).__name__} while reloading"
+                return self._reload_failed(reason, [problem])
+
+    async def _reload(self, reason: str, path: str | Path) -> bool:
+        source = str(path)
+        config: Config | None = None
+        try:
+            text = await asyncio.to_thread(read_config_text, path)
+            config = await asyncio.to_thread(parse_config, text, source)
+            runtime = build_runtime(config, source, text, self.credential_metrics.callback)
+        except ConfigError as err:
+            if config is not None and self._watcher is not None:
+                # Also watch the files the refused config names (a new CA file, say), from
+                # their state now: fixing one of them is then a change, like an edit of the
+                # config file.
+                new = [p for p in watched_files(config, path) if p not in self._watcher.paths]
+                baseline = await asyncio.to_thread(fingerprint, new)
+                self._watcher.watch([*self._watcher.paths, *new], baseline)
+            return self._reload_failed(reason, [str(problem) for problem in err.problems])
+        try:
+            for index, route in enumerate(runtime.table.routes):
+                with setting_at("routes", index, "signer"):
+                    await route.signer.start()
+        except InvalidSetting as err:
+            await _close_signers(runtime)
+            problem = ConfigProblem(format_path(err.key), 1, err.message)
+            return self._reload_failed(reason, [str(problem)])
+        old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+        self._warn_on_restart_settings(old.config, config)
+        if self._watcher is not None:
+            self._watcher.watch(watched_files(config, path))
+        self.reload_metrics.loaded(reloaded=True)
+        log.info("config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes])
+        await _close_signers(old)
+        thaw_garbage_collector()
+        return True
 
     def _reload_failed(self, reason: str, problems: list[str]) -> bool:
         self.reload_metrics.failed()
@@ -220,12 +274,24 @@ class ProxyServer:
                 )
 
     async def stop(self) -> None:
+        """Close the listener, give in-flight requests `shutdown_timeout` seconds, cut the ones
+        still running (logged and counted as `shutdown`), close everything. Returns within
+        `shutdown_timeout` + `signals.STOP_MARGIN_SECONDS`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
         self.draining = True
         for task in list(self._tasks):
             task.cancel()
         if self._watcher is not None:
             await self._watcher.stop()
-        for runner in self._runners:  # the proxy first: it waits for in-flight requests
+        if self._runners:
+            for site in list(self._runners[0].sites):  # the proxy's listener: nothing new
+                await site.stop()
+            if self._web_server is not None:
+                # Idle keep-alive connections close now, busy ones after their request.
+                self._web_server.pre_shutdown()
+            await self._finish_in_flight(deadline)
+        for runner in self._runners:  # the proxy first; nothing of it is in flight any more
             await runner.cleanup()
         self._runners.clear()
         if self._unhook_parser_refusals is not None:
@@ -237,12 +303,35 @@ class ProxyServer:
         self.metrics.sync()  # a worker's last requests reach the supervisor's scrape
         access_log.flush()  # the last turn's lines, before the "stopped" line
 
+    async def _finish_in_flight(self, deadline: float) -> None:
+        """Wait until no request is in flight or the deadline passes; then cut the rest."""
+        loop = asyncio.get_running_loop()
+        in_flight = self.handler.in_flight
+        while in_flight and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(in_flight), timeout=remaining)
+        if not in_flight:
+            return
+        cut = set(in_flight)
+        log.warning(
+            "shutdown_cut_requests",
+            requests=len(cut),
+            shutdown_timeout=self.shutdown_timeout,
+            message="requests still running at the shutdown deadline are cut",
+        )
+        self.handler.cancelled_as = "shutdown"
+        for task in cut:
+            task.cancel()
+        await asyncio.wait(cut, timeout=CUT_WAIT_SECONDS)
+
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
 
     async def run_until_signalled(self, on_ready: Callable[[], Any] | None = None) -> None:
+        # Threads left in a blocking call (a credential fetch, a DNS lookup) must not hold the
+        # process after `stopped`: see proxy/threads.py.
+        asyncio.get_running_loop().set_default_executor(DaemonThreadPool())
         with StopSignals(on_hangup=lambda: self._spawn(self.reload("SIGHUP"))) as signals:
             try:
                 await self.start()
@@ -256,3 +345,12 @@ class ProxyServer:
             finally:
                 await self.stop()
         log.info("stopped")
+
+
+async def _close_signers(runtime: Runtime) -> None:
+    """Stop the background work of a replaced (or refused) config's signers."""
+    for route in runtime.table.routes:
+        try:
+            await route.signer.close()
+        except Exception as err:  # the swap is done: a failure here must not undo the reload
+            log.warning("signer_close_failed", route=route.name, error_type=type(err).__name__)

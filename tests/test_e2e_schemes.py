@@ -1,5 +1,5 @@
 """Each vendor scheme end to end: curl -> `signing-proxy run` -> an upstream that verifies the
-signature with the independent verifiers in tests/verifiers (written from SIGNING.md, not from
+signature with the independent verifiers in tests/verifiers (written from docs/schemes.md, not from
 the signers). A route with a wrong secret proves the verifiers can say no."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from tests.verifiers.devengo import verify_devengo
 from tests.verifiers.devo import verify_devo, verify_devo_token
 from tests.verifiers.devresults import verify_devresults
 from tests.verifiers.jscrambler import verify_body, verify_query
+
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
 
 MIB = 1024 * 1024
 CREDS = {

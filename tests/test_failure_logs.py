@@ -24,7 +24,7 @@ import trustme
 
 from tests.support import (
     ProxyProcess,
-    RawUpstream,
+    ScriptedUpstream,
     Upstream,
     free_port,
     running_proxy,
@@ -45,11 +45,11 @@ PRESIGN = {
 }
 
 
-def _reset(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _reset(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
 
 
-def _never_answer(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _never_answer(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     with contextlib.suppress(OSError):
         conn.recv(1)  # until the proxy gives up and closes
 
@@ -89,7 +89,7 @@ def untrusted_upstream() -> Iterator[Upstream]:
 def proxy(
     untrusted_upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
-    reset, silent = RawUpstream(_reset), RawUpstream(_never_answer)
+    reset, silent = ScriptedUpstream(_reset), ScriptedUpstream(_never_answer)
     with running_upstream() as plain, _full_accept_queue() as backlog:
         upstreams: dict[str, tuple[str, dict[str, Any]]] = {
             "untrusted": (untrusted_upstream.url, {}),

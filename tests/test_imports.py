@@ -128,12 +128,11 @@ def test_a_config_imports_only_the_schemes_it_names() -> None:
     assert "proxy.app" in bearer  # the run path was imported
     signers = {m for m in bearer if m.startswith("proxy.signers.")}
     assert signers == {"proxy.signers.base", "proxy.signers.bearer", "proxy.signers.field",
-                       "proxy.signers.registry"}  # fmt: skip
+                       "proxy.signers.plugins", "proxy.signers.registry"}  # fmt: skip
     assert not {m.split(".")[0] for m in bearer} & {"cryptography", "http_sf", "botocore"}
 
     cavage = {"scheme": "http-signatures-cavage", "key_id": "k", "algorithm": "hmac-sha256",
               "key": "c2VjcmV0"}  # fmt: skip
     mixed = _modules_for({"scheme": "bearer", "token": "t"}, cavage)
     assert {"proxy.signers.cavage", "cryptography", "http_sf"} <= mixed
-    assert "proxy.signers.jscrambler" not in mixed
-    assert "proxy.signers.aws_sigv4" not in mixed
+    assert not {"proxy.signers.jscrambler", "proxy.signers.aws_sigv4", "proxy.signers.hmac"} & mixed

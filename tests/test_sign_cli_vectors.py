@@ -137,13 +137,14 @@ def _headers_match(
 def test_devresults_vector_via_cli(vector: dict[str, Any], tmp_path: Path) -> None:
     out = _sign("devresults", vector, tmp_path)
     expected = vector["expected"]
-    if expected is None:  # SIGNING.md: forward unchanged, sign as `flag=`
+    if expected is None:  # docs/schemes.md#devresults: forward unchanged, sign as `flag=`
         assert out["url"].startswith(vector["url"].split("?")[0])
         return
     assert out["string_to_sign"] == expected["string_to_sign"]
     assert out["url"] == expected["signed_url"].replace("http://", "https://", 1)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("vector", _cases("devo"))
 def test_devo_vector_via_cli(vector: dict[str, Any], tmp_path: Path) -> None:
     out = _sign("devo", vector, tmp_path)

@@ -1,6 +1,6 @@
 """Signing schemes: the contract (`proxy.signers.base`), the registry of schemes
-(`proxy.signers.registry`, each imported when a config names it) and the `signer:` field of a
-route (`proxy.signers.field`)."""
+(`proxy.signers.registry`: built-ins and installed plugins, each imported when a config names
+it) and the `signer:` field of a route (`proxy.signers.field`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from proxy.signers.field import SchemeConfigField
 from proxy.signers.registry import (
     SCHEMES,
     build_signer,
+    find_signer_class,
+    plugin_classes,
+    plugin_errors,
     scheme_names,
     signer_class,
     signer_classes,
@@ -38,12 +41,20 @@ else:
 
 
 def __getattr__(name: str) -> Any:
-    """`SIGNERS` (name -> class) and `SIGNER_CLASSES`, every scheme imported: for tools and
-    tests that look at all schemes. The proxy itself asks `signer_class(name)`."""
+    """The registry as constants, every scheme imported: for tools and tests that look at all
+    schemes (`SIGNERS` name -> class, `SIGNER_CLASSES`, `BUILTIN_SCHEMES`, `PLUGIN_CLASSES`,
+    `PLUGIN_ERRORS`). The proxy itself asks `signer_class(name)`."""
     if name == "SIGNERS":
         return {cls.scheme: cls for cls in signer_classes()}
     if name == "SIGNER_CLASSES":
         return tuple(signer_classes())
+    if name == "BUILTIN_SCHEMES":
+        return frozenset(SCHEMES)
+    if name == "PLUGIN_CLASSES":
+        return plugin_classes()
+    if name == "PLUGIN_ERRORS":
+        plugin_classes()
+        return plugin_errors()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -63,6 +74,9 @@ __all__ = [
     "UnsupportedMediaType",
     "UpstreamRequest",
     "build_signer",
+    "find_signer_class",
+    "plugin_classes",
+    "plugin_errors",
     "scheme_names",
     "signer_class",
     "signer_classes",

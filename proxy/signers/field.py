@@ -16,7 +16,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticKnownError, core_schema
 
 from proxy.signers.base import SignerConfig
-from proxy.signers.registry import SCHEMES, signer_class, signer_classes
+from proxy.signers.registry import find_signer_class, scheme_names, signer_classes
 
 DISCRIMINATOR = "'scheme'"
 
@@ -30,11 +30,12 @@ def validate_signer_config(value: Any) -> SignerConfig:
         scheme = value["scheme"]
     else:
         raise PydanticKnownError("model_attributes_type")
-    if not isinstance(scheme, str) or scheme not in SCHEMES:
-        expected = ", ".join(f"'{name}'" for name in SCHEMES)
+    cls = find_signer_class(scheme) if isinstance(scheme, str) else None
+    if cls is None:
+        expected = ", ".join(f"'{name}'" for name in scheme_names())
         context = {"discriminator": DISCRIMINATOR, "tag": str(scheme), "expected_tags": expected}
         raise PydanticKnownError("union_tag_invalid", context)
-    model = signer_class(scheme).config_model
+    model = cls.config_model
     if isinstance(value, model):
         return value
     return model.model_validate(value)
