@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 from multidict import CIMultiDict
@@ -172,15 +173,14 @@ def _as_text(route: str, result: SignResult, body: bytes | None) -> str:
 
 
 def _redactor(config: SignerConfig, signer: Signer) -> Callable[[str], str]:
-    secrets = sorted(
-        (
-            (value.reveal(), name)
-            for name in type(config).model_fields
-            if isinstance(value := getattr(config, name), Secret)
-            and name not in signer.public_fields
-        ),
-        key=lambda pair: -len(pair[0]),
-    )
+    revealed = [
+        (value.reveal(), name)
+        for name in type(config).model_fields
+        if isinstance(value := getattr(config, name), Secret) and name not in signer.public_fields
+    ]
+    # A secret sent in the query (query-key) is printed percent-encoded: redact that form too.
+    encoded = [(quote(value, safe=safe), name) for value, name in revealed for safe in ("-._~", "")]
+    secrets = sorted(set(revealed + encoded), key=lambda pair: -len(pair[0]))
 
     def redact(text: str) -> str:
         for value, name in secrets:

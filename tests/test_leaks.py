@@ -18,6 +18,7 @@ SECRETS = {
     "LEAK_DEVO_SECRET": "leak-devo-secret-Hh27Wm",
     "LEAK_DR_SECRET": "leak-devresults-secret-Pp90",
     "LEAK_HEADER": "leak-header-value-Ka44",
+    "LEAK_QUERY_KEY": "leak-query-key-Ub62",
 }
 
 
@@ -58,6 +59,16 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                 "upstream": f"http://127.0.0.1:{free_port()}",
                 "signer": {"scheme": "header", "name": "X-Key", "value": {"env": "LEAK_HEADER"}},
             },
+            {
+                "name": "query-key",
+                "match": {"path_prefix": "/qk"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "query-key",
+                    "name": "key",
+                    "value": {"env": "LEAK_QUERY_KEY"},
+                },
+            },
         ]
     }
 
@@ -84,6 +95,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("POST", "/devo/x", b"x" * 200),  # 413
                 ("GET", "/dr/x?t=stale&s=stale", None),
                 ("GET", "/dead/x", None),  # 502
+                ("GET", "/qk/x?key=app&y=1", None),
+                ("GET", "/qk/../x?key=app", None),  # 400
                 ("GET", "/nowhere", None),  # 403
                 ("GET", "/bearer/../x", None),  # 400 (requests keeps it raw)
             ]
@@ -102,6 +115,7 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             s.headers.get("Authorization") == f"Bearer {SECRETS['LEAK_BEARER']}"
             for s in upstream.seen
         )
+        assert any(f"key={SECRETS['LEAK_QUERY_KEY']}" in s.raw_path for s in upstream.seen)
 
         config_path = tmp_path / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -112,6 +126,7 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/devo/x"],
             ["sign", "--config", str(config_path), "http://h/dr/x?a=1"],
             ["sign", "--config", str(config_path), "--route", "header", "http://h/y"],
+            ["sign", "--config", str(config_path), "--json", "http://h/qk/x?key=1"],
         ):
             result = subprocess.run(
                 [sys.executable, "-m", "proxy", *args],

@@ -23,11 +23,13 @@ from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
 from proxy.signers.jscrambler import JscramblerSigner
+from proxy.signers.query_key import QueryKeySigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
 SIGNER_CLASSES: tuple[type[Signer], ...] = (
     BearerSigner,
     HeaderSigner,
+    QueryKeySigner,
     DevResultsSigner,
     DevoSigner,
     DevoTokenSigner,
