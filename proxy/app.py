@@ -70,22 +70,30 @@ class Runtime:
         cls,
         config: Config,
         on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
+        previous: Runtime | None = None,
     ) -> Runtime:
-        routes = [
-            Route.compile(
-                rc,
-                build_signer(
+        """Build every route; from a reload (`previous`), a route whose config is unchanged
+        keeps its signer (and so its credentials, such as a fetched token) and, while its TLS
+        files are unchanged too, its upstream options (and so its pooled connections)."""
+        routes, options = [], {}
+        for rc in config.routes:
+            kept = previous.table.by_name.get(rc.name) if previous is not None else None
+            if kept is not None and kept.config == rc and kept.signer.still_current():
+                signer = kept.signer
+            else:
+                kept = None
+                signer = build_signer(
                     rc.signer,
                     route=rc.name,
                     on_refresh=on_refresh_for(rc.name) if on_refresh_for else None,
-                ),
-            )
-            for rc in config.routes
-        ]
+                )
+            routes.append(Route.compile(rc, signer))
+            reuse = previous.options[rc.name] if kept is not None and previous else None
+            options[rc.name] = UpstreamOptions.for_route(rc, reuse)
         return cls(
             config=config,
             table=RouteTable(routes),
-            options={rc.name: UpstreamOptions.for_route(rc) for rc in config.routes},
+            options=options,
             limits={rc.name: RouteLimits.for_route(rc) for rc in config.routes},
             access=AccessPolicy.from_config(config.access),
         )

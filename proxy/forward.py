@@ -26,6 +26,7 @@ from proxy.errors import ProxyError
 from proxy.exchange import Exchange
 from proxy.responses import AsGivenResponse, AsGivenStreamResponse
 from proxy.signers import UpstreamRequest
+from proxy.upstream_tls import TlsMaterial, load_material, material_digest
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -80,26 +81,28 @@ def strip_hop_by_hop(
 
 @dataclass(frozen=True, slots=True)
 class UpstreamOptions:
-    """Per-route client settings, built once per config load."""
+    """Per-route client settings, built once per config load (kept by a reload that changes
+    neither the route nor its TLS files, so its pooled connections stay in use)."""
 
     ssl: ssl.SSLContext | bool
     timeout: aiohttp.ClientTimeout
+    tls: TlsMaterial
 
     @classmethod
-    def for_route(cls, config: RouteConfig) -> UpstreamOptions:
-        context: ssl.SSLContext | bool
-        if not config.tls.verify:
-            context = False
-        elif config.tls.ca_file:
-            context = ssl.create_default_context(cafile=config.tls.ca_file)
-        else:
-            context = True
+    def for_route(
+        cls, config: RouteConfig, previous: UpstreamOptions | None = None
+    ) -> UpstreamOptions:
+        """The options of `config`; `previous` (those of an unchanged route) when its TLS files
+        (CA, client certificate and key) still hold what `previous` was built from."""
+        if previous is not None and material_digest(config.tls) == previous.tls.digest:
+            return previous
+        tls = load_material(config.tls)
         timeout = aiohttp.ClientTimeout(
             total=config.timeout.total,
             connect=config.timeout.connect,
             sock_read=config.timeout.read,
         )
-        return cls(ssl=context, timeout=timeout)
+        return cls(ssl=tls.ssl, timeout=timeout, tls=tls)
 
 
 class RetryableStatus(Exception):

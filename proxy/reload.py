@@ -15,20 +15,25 @@ from pathlib import Path
 
 from proxy.config import Config
 from proxy.secrets import Secret
+from proxy.upstream_tls import TlsConfig, tls_files
 
 Fingerprint = tuple[tuple[str, str | None, str | None], ...]
 
 
 def watched_files(config: Config, config_path: str | Path) -> list[Path]:
-    """The config file, every `{file: PATH}` secret and every `tls.ca_file` it references."""
+    """The config file, every `{file: PATH}` secret and every TLS file (CA bundle, client
+    certificate and key) it references."""
     paths = [Path(config_path)]
     for route in config.routes:
-        for name in type(route.signer).model_fields:
-            value = getattr(route.signer, name)
+        signer_tls = getattr(route.signer, "tls", None)  # towards a token endpoint
+        for tls in (route.tls, signer_tls):
+            if isinstance(tls, TlsConfig):
+                paths += [Path(path) for path in tls_files(tls)]
+        secrets = [getattr(route.signer, name) for name in type(route.signer).model_fields]
+        secrets += [tls.key_password for tls in (route.tls, signer_tls) if tls is not None]
+        for value in secrets:
             if isinstance(value, Secret) and value.source.startswith("file:"):
                 paths.append(Path(value.source.removeprefix("file:")))
-        if route.tls.ca_file:
-            paths.append(Path(route.tls.ca_file))
     return list(dict.fromkeys(paths))
 
 

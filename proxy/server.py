@@ -146,6 +146,7 @@ class ProxyServer:
             site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.worker)
             await site.start()
         self.reload_metrics.last_success.set(time.time())
+        self._report_client_certs()
         if self.config_path is not None:
             paths = watched_files(self.runtime.config, self.config_path)
             self._watcher = ConfigWatcher(
@@ -182,15 +183,20 @@ class ProxyServer:
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
-                runtime = Runtime.build(config, self.credential_metrics.callback)
+                runtime = Runtime.build(
+                    config, self.credential_metrics.callback, previous=self.runtime
+                )
             except ConfigError as err:
                 problems = [str(problem) for problem in err.problems]
                 return self._reload_failed(reason, problems)
             except ValueError as err:  # a signer refused its config at build time
                 return self._reload_failed(reason, [str(err)])
+            old_signers = {id(route.signer) for route in self.runtime.table.routes}
             for route in runtime.table.routes:
-                await route.signer.start()
+                if id(route.signer) not in old_signers:  # kept signers are running already
+                    await route.signer.start()
             old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+            self._report_client_certs()
             self._warn_on_restart_settings(old.config, config)
             if self._watcher is not None:
                 self._watcher.watch(watched_files(config, self.config_path))
@@ -199,10 +205,20 @@ class ProxyServer:
             log.info(
                 "config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes]
             )
+            kept = {id(route.signer) for route in runtime.table.routes}
             for route in old.table.routes:
-                await route.signer.close()
+                if id(route.signer) not in kept:
+                    await route.signer.close()
             thaw_garbage_collector()
             return True
+
+    def _report_client_certs(self) -> None:
+        expiries = {
+            name: options.tls.client_cert_expiry
+            for name, options in self.runtime.options.items()
+            if options.tls.client_cert_expiry is not None
+        }
+        self.credential_metrics.set_client_cert_expiries(expiries)
 
     def _reload_failed(self, reason: str, problems: list[str]) -> bool:
         self.reload_metrics.reloads.labels("failure").inc()

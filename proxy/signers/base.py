@@ -200,6 +200,11 @@ class Signer(ABC):
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         """Return the request to send. Pure: no I/O, no state kept between calls."""
 
+    def still_current(self) -> bool:
+        """Whether a reload that leaves this route's config unchanged may keep this signer (and
+        its credentials). False when a file it read outside the config changed."""
+        return True
+
     def is_ready(self) -> bool:
         """Whether the credentials are usable now (readiness probe)."""
         return True
