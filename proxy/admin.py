@@ -15,7 +15,10 @@ def make_admin_app(
     registry: CollectorRegistry,
     is_ready: Callable[[], bool],
     before_scrape: Callable[[], None] | None = None,
+    problems: Callable[[], dict[str, str]] | None = None,
 ) -> web.Application:
+    """`problems`: route name -> why its credentials are not usable yet (never a secret)."""
+
     async def metrics(_: web.Request) -> web.Response:
         if before_scrape is not None:
             before_scrape()
@@ -29,7 +32,10 @@ def make_admin_app(
     async def readyz(_: web.Request) -> web.Response:
         if is_ready():
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+        answer: dict[str, object] = {"status": "not ready"}
+        if problems is not None and (found := problems()):
+            answer["routes"] = found
+        return web.json_response(answer, status=503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

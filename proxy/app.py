@@ -247,16 +247,34 @@ class ProxyHandler:
         options = runtime.options[route.name]
         policy = route.config.retries
         replayable = upstream.body is not None or upstream.spooled is not None
+        replayable = replayable or not request.body_exists
         attempts = 1
-        if policy and request.method in policy.methods and (replayable or not request.body_exists):
+        if policy and request.method in policy.methods and replayable:
             attempts = policy.attempts
-        for attempt in range(1, attempts + 1):
+        # Credentials the upstream refuses (OAuth2: 401) are renewed, and a replayable request
+        # sent once more with the new ones, using none of the `retries` attempts.
+        refused = route.signer.refused_statuses
+        renew = refused if replayable else frozenset()
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             last = attempt == attempts
-            statuses = frozenset() if last else _retry_statuses(policy)
+            statuses = (frozenset() if last else _retry_statuses(policy)) | renew
             try:
+                await route.signer.before_sign()
                 signed = sign(route, upstream)
-                return await self.forwarder.forward(request, signed, options, exchange, statuses)
+                response = await self.forwarder.forward(
+                    request, signed, options, exchange, statuses
+                )
+                if exchange.status in refused and not replayable:  # relayed; renewed for later
+                    route.signer.on_upstream_status(exchange.status, signed)
+                return response
             except RetryableStatus as retry:
+                if retry.status in renew:
+                    route.signer.on_upstream_status(retry.status, signed)
+                    log.info("credentials_refused", route=route.name, status=retry.status)
+                    renew, attempt = frozenset(), attempt - 1
+                    continue
                 reason = f"status {retry.status}"
             except ProxyError as err:
                 if last or not _retries_error(policy, err):

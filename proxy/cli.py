@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--at", help="signing time: epoch milliseconds or ISO 8601 UTC")
     sign.add_argument("--nonce", help="nonce (default: a random UUID4)")
     sign.add_argument("--json", action="store_true", help="print one JSON object")
+    sign.add_argument(
+        "--fetch-token",
+        action="store_true",
+        help="oauth2-client-credentials: really fetch a token from the token endpoint (to test "
+        "the client credentials); it is never printed",
+    )
     sign.add_argument("url", help="the URL the app would request")
 
     demo = commands.add_parser(

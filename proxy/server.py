@@ -114,6 +114,15 @@ class ProxyServer:
     def is_ready(self) -> bool:
         return not self.draining and self.runtime.is_ready()
 
+    def runtime_problems(self) -> dict[str, str]:
+        """Routes whose credentials are not usable yet, and why (for /readyz)."""
+        found = {}
+        for route in self.runtime.table.routes:
+            problem = route.signer.problem()
+            if problem is not None:
+                found[route.name] = problem
+        return found
+
     async def start(self) -> None:
         await self.forwarder.start()
         for route in self.runtime.table.routes:
@@ -136,7 +145,9 @@ class ProxyServer:
         if self.worker:
             self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
         else:
-            admin_app = make_admin_app(self.metrics.registry, self.is_ready, self.metrics.sync)
+            admin_app = make_admin_app(
+                self.metrics.registry, self.is_ready, self.metrics.sync, self.runtime_problems
+            )
             admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
             sites.append((admin_runner, self.admin))
         for runner, address in sites:

@@ -9,7 +9,9 @@ credentials are redacted from everything printed; identifiers sent in clear (a s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import dataclasses
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +25,13 @@ from proxy.app import Runtime, prepare_upstream
 from proxy.cli import EXIT_CONFIG, load_or_report
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
-from proxy.signers import Signer, SignerConfig, SigningContext, SignResult
+from proxy.signers import (
+    CredentialsUnavailable,
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SignResult,
+)
 
 EXIT_USAGE = 1
 
@@ -53,11 +61,19 @@ def sign_command(args: argparse.Namespace) -> int:
     upstream = prepare_upstream(
         match, method, query, headers, (body or b"") if needs_body else None
     )
+    fetched = None
     try:
-        result = route.signer.sign(upstream, ctx)
+        if args.fetch_token:
+            fetched = asyncio.run(route.signer.fetch_for_display())
+        result = route.signer.sign_for_display(upstream, ctx)
+    except CredentialsUnavailable as err:
+        print(f"signing-proxy sign: no credentials: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if fetched is not None:
+        result = dataclasses.replace(result, details={**result.details, "token_fetch": fetched})
     sent_body = result.request.body if result.request.body is not None else body
     redact = _redactor(route.config.signer, route.signer)
     if args.json:

@@ -23,6 +23,7 @@ from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
 from proxy.signers.jscrambler import JscramblerSigner
+from proxy.signers.oauth2 import OAuth2Signer
 from proxy.signers.query_key import QueryKeySigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
@@ -36,6 +37,7 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     JscramblerSigner,
     DevengoSigner,
     AwsSigV4Signer,
+    OAuth2Signer,
     # -- registry end --
 )
 
