@@ -130,6 +130,7 @@ class OAuth2Signer(Signer):
     scheme = "oauth2-client-credentials"
     config_model = OAuth2Config
     refused_statuses = frozenset({401})
+    public_fields = frozenset({"client_id"})  # an identifier, never sent upstream
 
     def __init__(
         self,

@@ -30,7 +30,22 @@ DEFAULT_LIFETIME: Final = 300.0  # without `expires_in`
 MAX_ANSWER_BYTES: Final = 1024 * 1024
 # What a header value may carry: visible ASCII (RFC 6750's b64token is a subset).
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
-_ERROR_CODE: Final = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 5.2 `error`
+# The `error` codes of RFC 6749 5.2 and 4.1.2.1, shown in messages; any other value is not (a
+# hostile or broken server could echo what it was sent, the client secret included).
+_ERROR_CODES: Final = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
+_TOKEN_TYPE: Final = re.compile(r"[A-Za-z0-9_-]{1,20}")
 
 
 def signing_algorithm(key: Any) -> str:
@@ -182,7 +197,7 @@ def parse_token_answer(
         document = None
     if status != 200:
         code = document.get("error") if isinstance(document, dict) else None
-        detail = f" ({code})" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
+        detail = f" ({code})" if code in _ERROR_CODES else ""
         raise TokenError(f"the token endpoint answered {status}{detail}")
     if not isinstance(document, dict):
         raise TokenError("the token endpoint's answer is not a JSON object")
@@ -195,7 +210,7 @@ def parse_token_answer(
     if not isinstance(token_type, str):
         raise TokenError("the token endpoint's answer has no token_type (Bearer expected)")
     if token_type.lower() != "bearer":
-        shown = token_type if _ERROR_CODE.fullmatch(token_type) else "(unprintable)"
+        shown = token_type if _TOKEN_TYPE.fullmatch(token_type) else "(not shown)"
         raise TokenError(f"token_type {shown!r} is not Bearer")
     lifetime = _lifetime(document.get("expires_in"))
     return TokenGrant(token, lifetime, requested_at, requested_at_wall)
