@@ -297,3 +297,43 @@ def test_rotation_under_load_loses_nothing_and_touches_only_that_route(
         assert before
         assert after <= before
         assert "config_reloaded" in proxy.logs()
+
+
+def test_the_token_endpoint_gets_the_signers_own_client_certificate(
+    ca: trustme.CA, ca_file: Path, tmp_path: Path
+) -> None:
+    _write_pair(ca, tmp_path / "token-client", "token-client")
+    seen: list[str] = []
+
+    async def token(request: web.BaseRequest) -> web.Response:
+        seen.append(_client_identity(request)[0])
+        await request.read()
+        return web.json_response({"access_token": "mtls-token", "token_type": "Bearer"})
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    with running_upstream(context) as endpoint, running_upstream() as api:
+        endpoint.handlers["/token"] = token
+        signer = {
+            "scheme": "oauth2-client-credentials",
+            "token_url": f"{endpoint.url}/token",
+            "client_id": "c",
+            "client_secret": "s",
+            "tls": {
+                "ca_file": str(ca_file),
+                "client_cert": str(tmp_path / "token-client/tls.crt"),
+                "client_key": str(tmp_path / "token-client/tls.key"),
+            },
+        }
+        config = {
+            "routes": [
+                {"name": "o", "match": {"path_prefix": "/o"}, "upstream": api.url, "signer": signer}
+            ]
+        }
+        with running_proxy(config, tmp_path) as proxy:
+            answer = requests.get(f"{proxy.url}/o/x", timeout=10)
+            assert answer.status_code == 200
+        assert api.seen[-1].headers["Authorization"] == "Bearer mtls-token"
+        assert seen == ["token-client"]
