@@ -42,6 +42,7 @@ from proxy.signers import (
     CredentialsUnavailable,
     OnCredentialRefresh,
     SigningContext,
+    SigningRefused,
     UpstreamRequest,
     build_signer,
 )
@@ -314,6 +315,9 @@ def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:
         log.error("credentials_unavailable", route=route.name, reason=str(err))
         message = "the route's credentials are not available yet; retry shortly"
         raise ProxyError(503, "credentials_unavailable", message) from None
+    except SigningRefused as err:  # the client's request, not our failure: a 4xx
+        log.info("signing_refused", route=route.name, code=err.code, reason=str(err))
+        raise ProxyError(err.status, err.code, f"the request cannot be signed: {err}") from None
     except ValueError as err:  # signers raise ValueError with client-safe messages
         log.warning("signing_failed", route=route.name, reason=str(err))
         raise ProxyError(500, "signing_failed", f"the request cannot be signed: {err}") from None

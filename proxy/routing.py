@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config import RouteConfig
 from proxy.signers import Signer
@@ -83,7 +84,7 @@ class Route:
     """A route config compiled for matching, with its signer (built once per config load)."""
 
     config: RouteConfig
-    signer: Signer
+    signer: Signer[Any]
     host: str | None  # exact host, or the ".example.com" suffix of a wildcard
     wildcard: bool
     port: int | None
@@ -99,7 +100,7 @@ class Route:
         return self.config.name
 
     @classmethod
-    def compile(cls, config: RouteConfig, signer: Signer) -> Route:
+    def compile(cls, config: RouteConfig, signer: Signer[Any]) -> Route:
         host = port = None
         wildcard = False
         if config.match.host:

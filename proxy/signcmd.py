@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -188,7 +189,7 @@ def _as_text(route: str, result: SignResult, body: bytes | None) -> str:
     return "\n".join(lines)
 
 
-def _redactor(config: SignerConfig, signer: Signer) -> Callable[[str], str]:
+def _redactor(config: SignerConfig, signer: Signer[Any]) -> Callable[[str], str]:
     revealed = [
         (value.reveal(), name)
         for name in type(config).model_fields

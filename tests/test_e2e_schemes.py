@@ -213,8 +213,9 @@ def test_jscrambler_json_post_is_refused(proxy: ProxyProcess) -> None:
         proxy, "reverse", "jscrambler", "/v3/code.json", "-H", "Content-Type: application/json",
         "--data", '{"a": 1}',
     )  # fmt: skip
-    assert code == 500
-    assert body["error"]["code"] == "signing_failed"
+    assert code == 415
+    assert body["error"]["code"] == "unsupported_media_type"
+    assert "form-urlencoded or multipart" in body["error"]["message"]
 
 
 def test_body_over_limit_is_413(proxy: ProxyProcess, upstream: Upstream, big_json: Path) -> None:

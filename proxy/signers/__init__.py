@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
@@ -10,11 +10,15 @@ from proxy.signers.aws_sigv4 import AwsSigV4Signer
 from proxy.signers.base import (
     BodyDigest,
     CredentialsUnavailable,
+    InvalidBody,
     OnCredentialRefresh,
     Signer,
     SignerConfig,
     SigningContext,
+    SigningRefused,
     SignResult,
+    SpooledBody,
+    UnsupportedMediaType,
     UpstreamRequest,
 )
 from proxy.signers.bearer import BearerSigner
@@ -27,7 +31,7 @@ from proxy.signers.oauth2 import OAuth2Signer
 from proxy.signers.query_key import QueryKeySigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
-SIGNER_CLASSES: tuple[type[Signer], ...] = (
+SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
     BearerSigner,
     HeaderSigner,
     QueryKeySigner,
@@ -41,18 +45,22 @@ SIGNER_CLASSES: tuple[type[Signer], ...] = (
     # -- registry end --
 )
 
-SIGNERS: dict[str, type[Signer]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
+SIGNERS: dict[str, type[Signer[Any]]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
 
 # The `signer:` field of a route: a union of every scheme's model, told apart by `scheme`.
-AnySignerConfig: Any = Annotated[
-    Union[tuple(cls.config_model for cls in SIGNER_CLASSES)],  # noqa: UP007
-    Field(discriminator="scheme"),
-]
+# Built from the registry above, so a type checker sees what every member is: a SignerConfig.
+if TYPE_CHECKING:
+    AnySignerConfig = SignerConfig
+else:
+    AnySignerConfig = Annotated[
+        Union[tuple(cls.config_model for cls in SIGNER_CLASSES)],  # noqa: UP007
+        Field(discriminator="scheme"),
+    ]
 
 
 def build_signer(
     config: SignerConfig, *, route: str = "", on_refresh: OnCredentialRefresh | None = None
-) -> Signer:
+) -> Signer[Any]:
     return SIGNERS[config.scheme].create(config, route=route, on_refresh=on_refresh)
 
 
@@ -61,11 +69,15 @@ __all__ = [
     "AnySignerConfig",
     "BodyDigest",
     "CredentialsUnavailable",
+    "InvalidBody",
     "OnCredentialRefresh",
     "SignResult",
     "Signer",
     "SignerConfig",
     "SigningContext",
+    "SigningRefused",
+    "SpooledBody",
+    "UnsupportedMediaType",
     "UpstreamRequest",
     "build_signer",
 ]

@@ -238,11 +238,9 @@ class AwsSigV4Config(SignerConfig):
 # -- signer -------------------------------------------------------------------------------------
 
 
-class AwsSigV4Signer(Signer):
+class AwsSigV4Signer(Signer[AwsSigV4Config]):
     """Signs one route's requests with SigV4 (Authorization header, or presigned query)."""
 
-    scheme = "aws-sigv4"
-    config_model = AwsSigV4Config
     requires_request_body = True  # per config: see needs_body()
     public_fields = frozenset({"access_key_id"})  # sent in clear in Credential=
 
@@ -290,9 +288,8 @@ class AwsSigV4Signer(Signer):
 
     @classmethod
     def create(
-        cls, config: SignerConfig, *, route: str, on_refresh: OnCredentialRefresh | None
-    ) -> Signer:
-        assert isinstance(config, AwsSigV4Config)
+        cls, config: AwsSigV4Config, *, route: str, on_refresh: OnCredentialRefresh | None
+    ) -> AwsSigV4Signer:
         return cls(config, route=route, on_refresh=on_refresh)
 
     def needs_body(self, method: str) -> bool:

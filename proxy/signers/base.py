@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict
@@ -26,13 +27,57 @@ OnCredentialRefresh = Callable[[str, float | None], None]
 
 
 class BodyDigest(Protocol):
-    """A running hash a scheme offers so a large body can be hashed as it arrives."""
+    """A running hash a scheme offers so a large body can be hashed as it arrives.
+
+    hashlib's hashes and `hmac.HMAC` are ones; a scheme may hand out its own type and read it
+    back in `sign()`.
+    """
 
     def update(self, data: bytes, /) -> None: ...
+
+    def copy(self) -> Self: ...
+
+    def digest(self) -> bytes: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class SpooledBody(Protocol):
+    """A large body the proxy spooled to disk: its size, and its bytes (again on each call)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
 
 
 class CredentialsUnavailable(Exception):
     """The scheme has no usable credentials right now (503, not the app's fault)."""
+
+
+class SigningRefused(Exception):
+    """The request cannot be signed because of what the client sent: a 4xx, never a 5xx.
+
+    Raise a subclass; the message is shown to the client and logged, so it never holds a
+    secret. A config or programming error is not this: anything else `sign()` raises is a 500.
+    """
+
+    status: ClassVar[int]
+    code: ClassVar[str]
+
+
+class UnsupportedMediaType(SigningRefused):
+    """The body's Content-Type is not one the scheme can sign (415)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidBody(SigningRefused):
+    """The body is of the right type but the scheme cannot parse it (400)."""
+
+    status = 400
+    code = "invalid_body"
 
 
 class SignerConfig(BaseModel):
@@ -41,6 +86,14 @@ class SignerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scheme: str
+
+    @classmethod
+    def scheme_name(cls) -> str:
+        """The one name a subclass declares, as `scheme: Literal["name"]`."""
+        names = typing.get_args(cls.model_fields["scheme"].annotation)
+        if len(names) != 1 or not isinstance(names[0], str):
+            raise TypeError(f"{cls.__name__}.scheme must be declared as Literal['<name>']")
+        return names[0]
 
     def with_upstream_host(self, host: str) -> Self:
         """The config completed from the route's upstream host (AWS derives its region)."""
@@ -65,13 +118,13 @@ class UpstreamRequest:
     body: bytes | None = None
     # A large body is not in `body`: it was spooled to disk while `body_digest` (the scheme's
     # own `new_body_digest()`) was fed with it; `spooled` is what the forwarder sends.
-    body_digest: Any = None
-    spooled: Any = None
+    body_digest: BodyDigest | None = None
+    spooled: SpooledBody | None = None
 
     @property
     def body_size(self) -> int:
         if self.spooled is not None:
-            return int(self.spooled.size)
+            return self.spooled.size
         return len(self.body or b"")
 
     @property
@@ -164,8 +217,15 @@ class SignResult:
     details: Mapping[str, str] = field(default_factory=dict)
 
 
-class Signer(ABC):
-    """One signing scheme bound to one route's credentials."""
+ConfigT = TypeVar("ConfigT", bound=SignerConfig)
+
+
+class Signer(ABC, Generic[ConfigT]):
+    """One signing scheme bound to one route's credentials.
+
+    A scheme is `class XSigner(Signer[XConfig])`: `config_model` is `XConfig` and `scheme` its
+    `Literal` name, both filled in here from that one line.
+    """
 
     scheme: ClassVar[str]
     config_model: ClassVar[type[SignerConfig]]
@@ -179,12 +239,23 @@ class Signer(ABC):
     # reports them to `on_upstream_status` and sends a replayable request once more.
     refused_statuses: ClassVar[frozenset[int]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            model = next(iter(typing.get_args(base)), None)
+            if isinstance(model, type) and issubclass(model, SignerConfig):
+                name = model.scheme_name()
+                if cls.__dict__.get("scheme", name) != name:
+                    raise TypeError(f"{cls.__name__}.scheme differs from its config's {name!r}")
+                cls.config_model, cls.scheme = model, name
+
+    def __init__(self, config: ConfigT) -> None:
+        """Keep what signing needs from `config` (keyed MACs, header tuples), never the model."""
+
     @classmethod
-    def create(
-        cls, config: SignerConfig, *, route: str, on_refresh: OnCredentialRefresh | None
-    ) -> Signer:
+    def create(cls, config: ConfigT, *, route: str, on_refresh: OnCredentialRefresh | None) -> Self:
         """Build the signer of `route`. Schemes with refreshing credentials override this."""
-        return cls(config)  # type: ignore[call-arg]
+        return cls(config)
 
     def needs_body(self, method: str) -> bool:
         """Whether this request's body must be read before signing (per method, e.g. POST)."""

@@ -16,10 +16,7 @@ class BearerConfig(SignerConfig):
     token: SecretValue
 
 
-class BearerSigner(Signer):
-    scheme = "bearer"
-    config_model = BearerConfig
-
+class BearerSigner(Signer[BearerConfig]):
     def __init__(self, config: BearerConfig) -> None:
         self._header = (("Authorization", f"Bearer {config.token.reveal()}"),)
 

@@ -21,6 +21,8 @@ class _Base64Mac:
     """HMAC over the base64 of a body fed in pieces: base64 works in 3-byte groups, so up to
     two bytes wait for the next piece, and `finish` encodes the last of them with padding."""
 
+    __slots__ = ("_mac", "_rest")
+
     def __init__(self, mac: hmac.HMAC, rest: bytes = b"") -> None:
         self._mac = mac
         self._rest = rest
@@ -39,6 +41,12 @@ class _Base64Mac:
         mac.update(base64.b64encode(self._rest))
         return mac
 
+    def digest(self) -> bytes:
+        return self.finish().digest()
+
+    def hexdigest(self) -> str:
+        return self.finish().hexdigest()
+
 
 SIGNATURE_HEADER: Final = "X-Devengo-Api-Key-Signature"
 NONCE_HEADER: Final = "X-Devengo-Api-Key-Nonce"
@@ -54,9 +62,7 @@ class DevengoConfig(SignerConfig):
     secret: SecretValue
 
 
-class DevengoSigner(Signer):
-    scheme = "devengo"
-    config_model = DevengoConfig
+class DevengoSigner(Signer[DevengoConfig]):
     requires_request_body = True  # the body is part of the HMAC
     public_fields = frozenset({"api_key_id"})  # sent in clear in X-Devengo-Api-Key-Id
 
@@ -71,7 +77,7 @@ class DevengoSigner(Signer):
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         timestamp = str(ctx.now_seconds)
         suffix = f"{ctx.nonce}{timestamp}{self._key_id}"
-        if request.body_digest is not None:  # a large body, hashed as it arrived
+        if isinstance(request.body_digest, _Base64Mac):  # a large body, hashed as it arrived
             mac = request.body_digest.finish()
             data = f"<base64 of the {request.body_size}-byte body>{suffix}"
         else:

@@ -54,9 +54,7 @@ class DevoConfig(SignerConfig):
     key_header: Literal["reseller", "domain", "query"] = "reseller"
 
 
-class DevoSigner(Signer):
-    scheme = "devo"
-    config_model = DevoConfig
+class DevoSigner(Signer[DevoConfig]):
     requires_request_body = True  # the body is part of the HMAC
     public_fields = frozenset({"api_key"})  # sent in clear in the key header
 
@@ -108,9 +106,7 @@ class DevoTokenConfig(SignerConfig):
     token: SecretValue
 
 
-class DevoTokenSigner(Signer):
-    scheme = "devo-token"
-    config_model = DevoTokenConfig
+class DevoTokenSigner(Signer[DevoTokenConfig]):
     requires_request_body = False
 
     def __init__(self, config: DevoTokenConfig) -> None:

@@ -36,9 +36,7 @@ class DevResultsConfig(SignerConfig):
     secret: SecretValue
 
 
-class DevResultsSigner(Signer):
-    scheme = "devresults"
-    config_model = DevResultsConfig
+class DevResultsSigner(Signer[DevResultsConfig]):
     requires_request_body = False  # only the query is signed: the body streams
     public_fields = frozenset({"token"})  # sent in clear as `t`
 

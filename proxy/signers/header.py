@@ -28,10 +28,7 @@ class HeaderConfig(SignerConfig):
         return name
 
 
-class HeaderSigner(Signer):
-    scheme = "header"
-    config_model = HeaderConfig
-
+class HeaderSigner(Signer[HeaderConfig]):
     def __init__(self, config: HeaderConfig) -> None:
         self._header = ((config.name, config.value.reveal()),)
 

@@ -23,7 +23,15 @@ from urllib.parse import quote, unquote_plus
 from pydantic import field_validator
 
 from proxy.secrets import SecretValue
-from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
+from proxy.signers.base import (
+    InvalidBody,
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SignResult,
+    UnsupportedMediaType,
+    UpstreamRequest,
+)
 
 # An app that sends its own copy would get a stale value signed (lodash.defaults keeps it).
 _AUTH_PARAMS: Final = frozenset({"access_key", "timestamp", "signature"})
@@ -61,9 +69,7 @@ class _FilePart:
     content: bytes
 
 
-class JscramblerSigner(Signer):
-    scheme = "jscrambler"
-    config_model = JscramblerConfig
+class JscramblerSigner(Signer[JscramblerConfig]):
     public_fields = frozenset({"access_key"})  # sent in clear as a parameter
 
     def __init__(self, config: JscramblerConfig) -> None:
@@ -84,7 +90,7 @@ class JscramblerSigner(Signer):
 
     def _sign_form(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         if request.body is None:
-            raise ValueError(f"jscrambler needs the buffered body to sign a {request.method}")
+            raise RuntimeError(f"jscrambler needs the buffered body to sign a {request.method}")
         multipart, params, files = _read_form(request, request.body)
         md5s = {part.name: hashlib.md5(part.content).hexdigest() for part in files}  # noqa: S324
         signed, string_to_sign = self._signed_params(request, params, ctx, md5s)
@@ -188,9 +194,9 @@ def _read_form(
         return False, _fold(_parse_querystring(body.decode("utf-8", "replace"))), []
     if raw_type and content_type == _MULTIPART:
         if not boundary or not boundary.isascii():
-            raise ValueError("jscrambler: the multipart body has no valid boundary parameter")
+            raise InvalidBody("jscrambler: the multipart body has no valid boundary parameter")
         return True, *_parse_multipart(body, boundary.encode("ascii"))
-    raise ValueError(
+    raise UnsupportedMediaType(
         f"jscrambler {request.method} bodies must be form-urlencoded or multipart"
         f" (Content-Type: {raw_type[:100] or 'none'})"
     )
@@ -209,7 +215,7 @@ def _parse_multipart(body: bytes, boundary: bytes) -> tuple[dict[str, str], list
         headers = _HEADER_PARSER.parsebytes(raw_headers + b"\r\n\r\n")
         name = headers.get_param("name", header="content-disposition")
         if headers.get_content_disposition() != "form-data" or not isinstance(name, str):
-            raise ValueError("malformed multipart body: a part has no form-data name")
+            raise InvalidBody("malformed multipart body: a part has no form-data name")
         if headers.get_param("filename", header="content-disposition") is not None:
             files.append(_FilePart(name, raw_headers, content))
         else:
@@ -217,7 +223,7 @@ def _parse_multipart(body: bytes, boundary: bytes) -> tuple[dict[str, str], list
     params = _fold(fields)
     names = [part.name for part in files if part.name not in _AUTH_PARAMS]
     if len(set(names)) != len(names) or not params.keys().isdisjoint(names):
-        raise ValueError("multipart file parts must have unique names, apart from the fields")
+        raise InvalidBody("multipart file parts must have unique names, apart from the fields")
     return params, [part for part in files if part.name not in _AUTH_PARAMS]
 
 
@@ -237,7 +243,7 @@ def _split_parts(body: bytes, boundary: bytes) -> Iterator[tuple[bytes, bytes]]:
         if position < 0 or eol < 0 or blank < 0 or data[start:eol].strip(b" \t"):
             break
         yield data[eol + 2 : blank], data[blank + 4 : position]
-    raise ValueError("malformed multipart body: a part or the closing boundary is missing")
+    raise InvalidBody("malformed multipart body: a part or the closing boundary is missing")
 
 
 def _decode(content: bytes, charset: str | None) -> str:
@@ -273,5 +279,5 @@ def _multipart_body(
 def _quoted(name: str) -> bytes:
     """An RFC 7578 quoted name: raw UTF-8, as browsers and Node's form-data send it."""
     if "\r" in name or "\n" in name:
-        raise ValueError("multipart field names must not contain line breaks")
+        raise InvalidBody("multipart field names must not contain line breaks")
     return b'"' + name.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'

@@ -126,9 +126,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class OAuth2Signer(Signer):
-    scheme = "oauth2-client-credentials"
-    config_model = OAuth2Config
+class OAuth2Signer(Signer[OAuth2Config]):
     refused_statuses = frozenset({401})
     public_fields = frozenset({"client_id"})  # an identifier, never sent upstream
 
@@ -155,9 +153,8 @@ class OAuth2Signer(Signer):
 
     @classmethod
     def create(
-        cls, config: SignerConfig, *, route: str, on_refresh: OnCredentialRefresh | None
-    ) -> Signer:
-        assert isinstance(config, OAuth2Config)
+        cls, config: OAuth2Config, *, route: str, on_refresh: OnCredentialRefresh | None
+    ) -> OAuth2Signer:
         return cls(config, route=route, on_refresh=on_refresh)
 
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:

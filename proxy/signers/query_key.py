@@ -35,10 +35,7 @@ class QueryKeyConfig(SignerConfig):
         return name
 
 
-class QueryKeySigner(Signer):
-    scheme = "query-key"
-    config_model = QueryKeyConfig
-
+class QueryKeySigner(Signer[QueryKeyConfig]):
     def __init__(self, config: QueryKeyConfig) -> None:
         self._name: Final = config.name
         name, value = config.name, config.value.reveal()

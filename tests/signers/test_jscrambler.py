@@ -23,7 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
 from proxy.signers import SIGNERS
-from proxy.signers.base import SigningContext, UpstreamRequest
+from proxy.signers.base import SigningContext, SigningRefused, UpstreamRequest
 from proxy.signers.jscrambler import JscramblerConfig, JscramblerSigner
 from tests.conftest import load_vectors
 from tests.verifiers.jscrambler import (
@@ -519,14 +519,19 @@ def test_unsignable_bodies_raise_clear_errors(
     content_type: str | None, body: bytes, message: str
 ) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
-    with pytest.raises(ValueError, match=message) as error:
+    with pytest.raises(SigningRefused, match=message) as error:
         make_signer().sign(make_request("POST", body=body, headers=headers), ctx_at())
+    # The wrong kind of body is a 415; a form the scheme cannot read is a 400.
+    wrong_type = "form-urlencoded or multipart" in message
+    assert (error.value.status, error.value.code) == (
+        (415, "unsupported_media_type") if wrong_type else (400, "invalid_body")
+    )
     assert SECRET_KEY.upper() not in str(error.value)
     assert SECRET_KEY not in str(error.value)
 
 
 def test_unbuffered_body_is_an_error() -> None:
-    with pytest.raises(ValueError, match="buffered body"):
+    with pytest.raises(RuntimeError, match="buffered body"):
         make_signer().sign(make_request("POST", body=None), ctx_at())
 
 
