@@ -192,7 +192,7 @@ def test_client_secret_post_sends_the_credentials_as_form_fields(
 def test_readyz_waits_for_the_first_token_and_concurrent_first_requests_share_one_fetch(
     api: Api, endpoint: TokenEndpoint, tmp_path: Path
 ) -> None:
-    endpoint.delay = 1.5  # slow, but within the token request timeout
+    endpoint.delay = 3.0  # slow, but within the token request timeout
     proxy = _proxy(api, endpoint, tmp_path).start()
     try:
         waiting = requests.get(f"{proxy.admin_url}/readyz", timeout=5)
