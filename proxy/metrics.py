@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,8 +215,27 @@ class ReloadMetrics:
             registry=registry,
             multiprocess_mode="min",  # with workers: the stalest one
         )
+        self.last_successful = Gauge(
+            "signing_proxy_config_last_reload_successful",
+            "Whether the last config load or reload succeeded (1) or failed, the previous "
+            "config kept (0).",
+            registry=registry,
+            multiprocess_mode="livemin",  # with workers: 0 if any worker's last reload failed
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result)
+
+    def loaded(self, *, reloaded: bool) -> None:
+        """A config was loaded (at start) or reloaded and is now in use."""
+        if reloaded:
+            self.reloads.labels("success").inc()
+        self.last_success.set(time.time())
+        self.last_successful.set(1)
+
+    def failed(self) -> None:
+        """A reload failed: the previous config stays in use."""
+        self.reloads.labels("failure").inc()
+        self.last_successful.set(0)
 
 
 class CredentialMetrics:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
@@ -156,7 +155,7 @@ class ProxyServer:
             host, port = parse_host_port(address)
             site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.worker)
             await site.start()
-        self.reload_metrics.last_success.set(time.time())
+        self.reload_metrics.loaded(reloaded=False)
         self._report_client_certs()
         if self.config_path is not None:
             paths = watched_files(self.runtime.config, self.config_path)
@@ -211,8 +210,7 @@ class ProxyServer:
             self._warn_on_restart_settings(old.config, config)
             if self._watcher is not None:
                 self._watcher.watch(watched_files(config, self.config_path))
-            self.reload_metrics.reloads.labels("success").inc()
-            self.reload_metrics.last_success.set(time.time())
+            self.reload_metrics.loaded(reloaded=True)
             log.info(
                 "config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes]
             )
@@ -232,7 +230,7 @@ class ProxyServer:
         self.credential_metrics.set_client_cert_expiries(expiries)
 
     def _reload_failed(self, reason: str, problems: list[str]) -> bool:
-        self.reload_metrics.reloads.labels("failure").inc()
+        self.reload_metrics.failed()
         log.error("config_reload_failed", reason=reason, problems=problems, kept="previous")
         return False
 

@@ -6,6 +6,8 @@
 2. config.secretFields names every credential field of the installed signing-proxy's config
    (every signing scheme, access.proxy_token, ...), so the chart's literal-credential guard
    cannot fall behind a new scheme or setting.
+3. spool.schemes names exactly the schemes that spool large bodies to /tmp (those whose signer
+   hashes the body as it arrives, `Signer.new_body_digest`), so /tmp sizing covers every one.
 
 Usage: chart_consistency.py CHART_DIR   (run with a Python that has signing-proxy installed)
 """
@@ -22,9 +24,9 @@ import yaml
 
 # Maps whose children are the chart's own settings; any other map is documented as one value.
 STRUCTURED = {
-    "image", "proxy", "config", "secret", "tmpVolume", "sidecar", "serviceAccount", "service",
-    "autoscaling", "podDisruptionBudget", "serviceMonitor", "podMonitor", "networkPolicy",
-    "networkPolicy.egress",
+    "image", "proxy", "config", "secret", "spool", "tmpVolume", "sidecar", "serviceAccount",
+    "service", "autoscaling", "podDisruptionBudget", "serviceMonitor", "podMonitor",
+    "networkPolicy", "networkPolicy.egress", "prometheusRule", "grafanaDashboard",
 }  # fmt: skip
 
 
@@ -88,10 +90,30 @@ def unguarded(values: dict[str, Any]) -> list[str]:
     return missing
 
 
+def spooling_schemes() -> set[str]:
+    """The schemes whose signer can hash the body incrementally, i.e. may spool it to disk."""
+    from proxy.signers import SIGNERS
+    from proxy.signers.base import Signer
+
+    return {
+        name for name, cls in SIGNERS.items() if cls.new_body_digest is not Signer.new_body_digest
+    }
+
+
+def unsized(values: dict[str, Any]) -> list[str]:
+    listed, actual = set(values["spool"]["schemes"]), spooling_schemes()
+    problems = [f"spool.schemes lacks {name}" for name in sorted(actual - listed)]
+    problems += [f"spool.schemes lists {name}, not a spooling scheme" for name in listed - actual]
+    for problem in problems:
+        print(f"  {problem}")
+    print(f"  spool.schemes: {len(actual)} spooling schemes, {len(problems)} problems")
+    return problems
+
+
 def main() -> int:
     chart = Path(sys.argv[1])
     values = yaml.safe_load((chart / "values.yaml").read_text())
-    missing = undocumented(chart, values) + unguarded(values)
+    missing = undocumented(chart, values) + unguarded(values) + unsized(values)
     return 1 if missing else 0
 
 

@@ -7,12 +7,14 @@
 #      every value; config.secretFields covers every signing scheme's credential fields
 #   3. helm lint --strict: the chart with its defaults and with each ci/*-values.yaml; the
 #      example chart (helm/examples/legacy-app) with each of its ci/*-values.yaml
-#   4. helm template of every scenario above, and values the chart must refuse
+#   4. helm template of every scenario above, and values the chart must refuse (inline, and
+#      the ci/must-fail/*-values.yaml scenarios, each with the error it must fail with)
 #   5. kubernetes-validate --strict on every rendered manifest, for each KUBE_VERSIONS entry;
-#      ServiceMonitor/PodMonitor (CRDs it has no schema for) are validated instead by
+#      ServiceMonitor/PodMonitor/PrometheusRule (CRDs it has no schema for) are validated instead by
 #      scripts/validate_manifests.py, strictly, against prometheus-operator's schema
 #   6. scripts/validate_manifests.py: the pod contract (hardening, mounts, probes, drain),
-#      cross-references, and `signing-proxy check` on every rendered config
+#      cross-references, `signing-proxy check` on every rendered config, and `promtool check
+#      rules` on every rendered PrometheusRule (when promtool is installed)
 #
 # Tools go to .tools/ (gitignored; TOOLS_DIR overrides): .tools/venv (PyPI tools + this
 # project) and .tools/helm (scripts/fetch-helm.sh). Rendered manifests are left in
@@ -150,9 +152,32 @@ refuse "existingSecret together with secret.create" "not both" \
     'secret: {create: true, stringData: {a: b}}'
 refuse "an unknown value (values.schema.json)" "additional properties" 'replicas: 3'
 refuse "an unknown mode" "mode" 'mode: daemonset'
+refuse "an unknown alert in prometheusRule.disabled" 'no alert is named "SigningProxyTypo"' \
+    'prometheusRule: {enabled: true, disabled: [SigningProxyTypo]}'
+
+# Scenarios that must not render: ci/must-fail/*-values.yaml of each chart, each complete on its
+# own, whose first line `# expect: TEXT` is the error the render must fail with.
+for dir in "$chart" "$example"; do
+    for values in "$dir"/ci/must-fail/*-values.yaml; do
+        [ -e "$values" ] || continue
+        expected=$(sed -n '1s/^# expect: //p' "$values")
+        what="refuses $dir/${values#"$dir"/} (must fail to render)"
+        if [ -z "$expected" ]; then
+            bad "$what: its first line is not '# expect: <error text>'"
+        elif "$helm" template rel "$dir" -f "$values" >/dev/null 2>"$out/must-fail.err"; then
+            bad "$what: it rendered"
+        elif grep -qF -- "$expected" "$out/must-fail.err"; then
+            ok "$what"
+        else
+            bad "$what: wrong error (expected: $expected)"
+            sed 's/^/       /' "$out/must-fail.err"
+        fi
+    done
+done
+rm -f "$out/must-fail.err"
 
 step "5. kubernetes-validate --strict (Kubernetes ${KUBE_VERSIONS// /, })"
-crd_pattern="Couldn't find schema for kind (ServiceMonitor|PodMonitor) with api version monitoring.coreos.com/v1 "
+crd_pattern="Couldn't find schema for kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1 "
 for file in "${rendered[@]}"; do
     for version in $KUBE_VERSIONS; do
         log=$("$venv/bin/kubernetes-validate" --strict -k "$version" "$file" 2>&1) && rc=0 || rc=$?
@@ -179,7 +204,14 @@ for file in "${rendered[@]}"; do
         *) contract_args+=("$file:no-secrets") ;;
     esac
 done
-if "$venv/bin/python" scripts/validate_manifests.py --program "$venv/bin/signing-proxy" "${contract_args[@]}"; then
+promtool_args=()
+if command -v promtool >/dev/null 2>&1; then
+    promtool_args=(--promtool "$(command -v promtool)")
+else
+    echo "  note promtool not found (Debian package prometheus): PrometheusRules not checked by it"
+fi
+if "$venv/bin/python" scripts/validate_manifests.py --program "$venv/bin/signing-proxy" \
+    "${promtool_args[@]}" "${contract_args[@]}"; then
     ok "validate_manifests.py on ${#rendered[@]} renders"
 else
     bad "validate_manifests.py (see FAIL lines above)"

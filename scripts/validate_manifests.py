@@ -1,20 +1,26 @@
 """Checks on rendered manifests that kubernetes-validate cannot make (scripts/check-deploy.sh).
 
-1. CRDs. kubernetes-validate has no schema for monitoring.coreos.com/v1 ServiceMonitor and
-   PodMonitor (it only warns). They are validated here, strictly (unknown fields rejected),
-   against a JSON schema generated from the prometheus-operator models of the PyPI package
-   cloudcoil-models-prometheus-operator. Any other kind without a schema fails the check.
+1. CRDs. kubernetes-validate has no schema for monitoring.coreos.com/v1 ServiceMonitor,
+   PodMonitor and PrometheusRule (it only warns). They are validated here, strictly (unknown
+   fields rejected), against a JSON schema generated from the prometheus-operator models of
+   the PyPI package cloudcoil-models-prometheus-operator. Any other kind without a schema
+   fails the check.
 2. The deployment contract, on every pod that runs signing-proxy: hardened securityContext,
    whole-directory mounts (no subPath), /tmp on an emptyDir, probes on the admin port,
    a drain timeout below the grace period, no credentials in env, native-sidecar shape,
-   checksum annotations that match the rendered ConfigMap/Secret.
+   checksum annotations that match the rendered ConfigMap/Secret; an app beside a sidecar that
+   sets a proxy variable sets both spellings (http_proxy, HTTP_PROXY), aimed at the sidecar.
 3. Cross-references: Service, ServiceMonitor, PodMonitor, PDB, HPA and NetworkPolicy
    select pods and ports that exist in the same render.
 4. With --program: every rendered config.yaml is accepted by `signing-proxy check`, with the
    credential files it names replaced by dummy files (and those files must live under the
    pod's Secret mount).
 
-Usage: validate_manifests.py [--program BIN] FILE[:no-secrets]...
+5. Monitoring: a PrometheusRule's rules pass `promtool check rules` (with --promtool) and are
+   the rules of deploy/prometheus/alerts.yaml; a Grafana dashboard ConfigMap holds dashboard
+   JSON with the label Grafana's sidecar watches.
+
+Usage: validate_manifests.py [--program BIN] [--promtool BIN] FILE[:no-secrets]...
 Prints one line per check; exits 1 on any failure.
 """
 
@@ -38,6 +44,7 @@ PROXY_COMMAND = ["signing-proxy", "run", "--config"]
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 
@@ -76,7 +83,7 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     from cloudcoil.models.prometheus_operator import v1
 
     validators = {}
-    for model in (v1.ServiceMonitor, v1.PodMonitor):
+    for model in (v1.ServiceMonitor, v1.PodMonitor, v1.PrometheusRule):
         schema = _strict(model.model_json_schema(by_alias=True, mode="validation"))
         validators[("monitoring.coreos.com/v1", model.__name__)] = jsonschema.Draft202012Validator(
             schema
@@ -215,6 +222,35 @@ def check_lifecycle(
         report.check(listen.startswith("127.0.0.1:"), f"{who}: sidecar signs on loopback", listen)
 
 
+def check_app_proxy_env(report: Report, label: str, spec: dict[str, Any]) -> None:
+    """Apps beside a sidecar that use it as a forward proxy set http_proxy AND HTTP_PROXY (curl
+    and many tools read only the lowercase one for http:// URLs, others only the uppercase
+    one), both aimed at the sidecar's signing port; the same for no_proxy/NO_PROXY."""
+    sidecars = list(proxy_containers(spec))
+    if not sidecars:
+        return
+    listen = arg_value(sidecars[0][1], "--listen") or ""
+    for c in spec.get("containers") or []:
+        if (c.get("command") or [])[:3] == PROXY_COMMAND:
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env") or [] if "name" in e}
+        who = f"{label} app container {c.get('name')}"
+        for lower, upper in (("http_proxy", "HTTP_PROXY"), ("no_proxy", "NO_PROXY")):
+            if lower in env or upper in env:
+                report.check(
+                    env.get(lower) == env.get(upper),
+                    f"{who}: sets both {lower} and {upper}, equal",
+                    f"{lower}={env.get(lower)!r} {upper}={env.get(upper)!r}",
+                )
+        if "http_proxy" in env or "HTTP_PROXY" in env:
+            url = env.get("http_proxy") or env.get("HTTP_PROXY") or ""
+            report.check(
+                url.rstrip("/").endswith(f"://{listen}"),
+                f"{who}: http_proxy points at the sidecar's --listen {listen}",
+                url,
+            )
+
+
 def check_proxy_pod(
     report: Report,
     label: str,
@@ -229,6 +265,7 @@ def check_proxy_pod(
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     annotations = meta.get("annotations") or {}
     rendered = {(d.get("kind"), d["metadata"]["name"]): d for d in docs}
+    check_app_proxy_env(report, label, spec)
     for where, c in found:
         who = f"{label} {where}/{c['name']}"
         check_hardening(report, who, c, spec.get("securityContext") or {})
@@ -387,6 +424,58 @@ def check_config(
         )
 
 
+# ---- 5. monitoring --------------------------------------------------------------------------
+
+
+ALERTS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yaml"
+
+
+def check_monitoring(report: Report, doc: dict[str, Any], label: str, promtool: str | None) -> None:
+    who = f"{label} {name_of(doc)}"
+    if doc.get("kind") == "PrometheusRule":
+        groups = doc["spec"]["groups"]
+        alerts = {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
+        shipped = {
+            r["alert"]
+            for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+            for r in g["rules"]
+            if "alert" in r
+        }
+        report.check(
+            bool(alerts) and alerts <= shipped,
+            f"{who}: its alerts are those of deploy/prometheus/alerts.yaml",
+            ", ".join(sorted(alerts ^ shipped)),
+        )
+        if promtool:
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rules:
+                yaml.safe_dump(doc["spec"], rules)
+                rules.flush()
+                result = subprocess.run(  # noqa: S603 - promtool on our own file
+                    [promtool, "check", "rules", rules.name],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            report.check(
+                result.returncode == 0,
+                f"{who}: promtool check rules",
+                (result.stdout + result.stderr).strip(),
+            )
+    elif doc.get("kind") == "ConfigMap" and "signing-proxy.json" in (doc.get("data") or {}):
+        try:
+            board = json.loads(doc["data"]["signing-proxy.json"])
+        except ValueError as err:
+            report.check(False, f"{who}: the dashboard is JSON", str(err))
+            return
+        report.check(
+            board.get("uid") == "signing-proxy" and bool(board.get("panels")),
+            f"{who}: holds the signing-proxy dashboard",
+        )
+        labels = doc["metadata"].get("labels") or {}
+        report.check("grafana_dashboard" in labels, f"{who}: has a grafana_dashboard label")
+
+
 # ---- main -----------------------------------------------------------------------------------
 
 
@@ -395,6 +484,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--program", help="signing-proxy executable for the config check")
+    parser.add_argument("--promtool", help="promtool, for `check rules` on PrometheusRules")
     parser.add_argument("files", nargs="+", metavar="FILE[:no-secrets]")
     args = parser.parse_args()
 
@@ -415,6 +505,8 @@ def main() -> int:
                     f"{label} {name_of(doc)}: valid {key[1]} (strict, prometheus-operator schema)",
                     "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5]),
                 )
+        for doc in docs:
+            check_monitoring(report, doc, label, args.promtool)
         if flag == "no-secrets":
             report.check(
                 not any(d.get("kind") == "Secret" for d in docs), f"{label}: renders no Secret"

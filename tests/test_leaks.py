@@ -11,7 +11,7 @@ import requests
 import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tests.support import free_port, running_proxy, running_upstream
 
@@ -24,7 +24,17 @@ SECRETS = {
     "LEAK_QUERY_KEY": "leak-query-key-Ub62",
     "LEAK_CLIENT_SECRET": "leak-client-secret-Tt31",
     "LEAK_ACCESS_TOKEN": "leak-access-token-Jr55",  # issued by the token endpoint below
+    "LEAK_HMAC_KEY": "leak-rfc9421-hmac-key-Vv31",
 }
+# A private key (RFC 9421 route): its PEM lines must never appear, whole or in part.
+PRIVATE_PEM = (
+    ed25519.Ed25519PrivateKey.generate()
+    .private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    .decode()
+)
+KEY_MATERIAL = [line for line in PRIVATE_PEM.splitlines() if not line.startswith("-----")]
 # Filled in by the test: the private key's PEM lines and the client assertions it signed.
 GENERATED: list[str] = []
 
@@ -66,6 +76,7 @@ def _oauth_routes(upstream_url: str, secret_dir: Path) -> list[dict[str, object]
 
 def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
     (secret_dir / "devo-secret").write_text(SECRETS["LEAK_DEVO_SECRET"] + "\n")
+    (secret_dir / "client.pem").write_text(PRIVATE_PEM)
     return {
         "routes": [
             {
@@ -111,6 +122,30 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                     "value": {"env": "LEAK_QUERY_KEY"},
                 },
             },
+            {
+                "name": "rfc9421",
+                "match": {"path_prefix": "/rfc9421"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "http-message-signatures",
+                    "key_id": "public-key-id-9421",
+                    "algorithm": "ed25519",
+                    "key": {"file": str(secret_dir / "client.pem")},
+                    "components": ["@method", "@path", "content-digest"],
+                },
+            },
+            {
+                "name": "hmac9421",
+                "match": {"path_prefix": "/hmac9421"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "http-message-signatures",
+                    "key_id": "hmac-key-id",
+                    "algorithm": "hmac-sha256",
+                    "key": {"env": "LEAK_HMAC_KEY"},
+                    "components": ["@method", "x-required"],
+                },
+            },
             *_oauth_routes(upstream_url, secret_dir),
         ]
     }
@@ -119,6 +154,8 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
 def _assert_clean(label: str, text: str) -> None:
     for name, value in SECRETS.items():
         assert value not in text, f"{name} leaked into {label}"
+    for line in KEY_MATERIAL:
+        assert line not in text, f"the private key leaked into {label}"
     for value in GENERATED:
         assert value not in text, f"a private key line or client assertion leaked into {label}"
 
@@ -167,6 +204,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("POST", "/oauth-post/refuse", b"a body"),
                 ("GET", "/oauth-jwt/x", None),
                 ("GET", "/oauth-bad/x", None),  # 503: the token request fails
+                ("POST", "/rfc9421/x", b'{"a": 1}'),
+                ("GET", "/hmac9421/x", None),  # refused: no X-Required header
             ]
             for method, path, body in calls:
                 response = requests.request(method, proxy.url + path, data=body, timeout=10)
@@ -201,6 +240,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "http://h/oauth/x"],
             ["sign", "--config", str(config_path), "--fetch-token", "http://h/oauth/x"],
             ["sign", "--config", str(config_path), "--fetch-token", "--json", "/oauth-jwt/x"],
+            ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/rfc9421/x"],
+            ["sign", "--config", str(config_path), "-H", "X-Required: 1", "http://h/hmac9421/x"],
         ):
             result = subprocess.run(
                 [sys.executable, "-m", "proxy", *args],

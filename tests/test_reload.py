@@ -133,6 +133,7 @@ def test_rotated_secret_is_used_within_2_seconds(
         metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
         assert 'signing_proxy_config_reloads_total{result="success"} 1.0' in metrics
         assert "signing_proxy_config_last_reload_success_timestamp_seconds" in metrics
+        assert "\nsigning_proxy_config_last_reload_successful 1.0\n" in metrics
     finally:
         assert proxy.stop() == 0
 
@@ -167,7 +168,18 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
         assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
         metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
         assert 'signing_proxy_config_reloads_total{result="failure"} 1.0' in metrics
+        # What the SigningProxyConfigReloadFailed alert watches: 0 until a reload succeeds.
+        assert "\nsigning_proxy_config_last_reload_successful 0.0\n" in metrics
         assert requests.get(f"{proxy.admin_url}/readyz", timeout=5).status_code == 200
+        secret = volumes[1].root / "token"
+        volumes[0].write({"config.yaml": _config(upstream, secret, prefix="/b")})
+        assert _wait_for(
+            lambda: (
+                "\nsigning_proxy_config_last_reload_successful 1.0\n"
+                in requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+            ),
+            timeout=3,
+        )
     finally:
         assert proxy.stop() == 0
 

@@ -22,10 +22,12 @@ from proxy.signers.base import (
     UpstreamRequest,
 )
 from proxy.signers.bearer import BearerSigner
+from proxy.signers.cavage import CavageSigner
 from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
+from proxy.signers.http_message_signatures import HttpMessageSignaturesSigner
 from proxy.signers.jscrambler import JscramblerSigner
 from proxy.signers.oauth2 import OAuth2Signer
 from proxy.signers.query_key import QueryKeySigner
@@ -42,6 +44,8 @@ SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
     DevengoSigner,
     AwsSigV4Signer,
     OAuth2Signer,
+    HttpMessageSignaturesSigner,
+    CavageSigner,
     # -- registry end --
 )
 

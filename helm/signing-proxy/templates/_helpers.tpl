@@ -75,11 +75,52 @@ default (3) when the chart does not pass --drain-delay. */}}
 {{- if kindIs "invalid" .values.proxy.drainDelaySeconds -}}3{{- else -}}{{ .values.proxy.drainDelaySeconds }}{{- end -}}
 {{- end -}}
 
-{{/* The config file rendered from values. */}}
+{{/* The config file rendered from values. A route of a scheme that spools large bodies to
+/tmp (spool.schemes) without max_body_bytes gets spool.maxBodyBytes, so /tmp, sized from it,
+holds any body the route accepts. */}}
 {{- define "signing-proxy.configYaml" -}}
 {{- $config := deepCopy (default (dict) .values.config.extraConfig) -}}
-{{- $_ := set $config "routes" .values.config.routes -}}
+{{- $routes := list -}}
+{{- range $route := .values.config.routes -}}
+{{- $route = deepCopy $route -}}
+{{- $scheme := "" -}}
+{{- if and (kindIs "map" $route) (kindIs "map" $route.signer) -}}
+{{- $scheme = toString (default "" $route.signer.scheme) -}}
+{{- end -}}
+{{- if and (kindIs "map" $route) (has $scheme $.values.spool.schemes) (not (hasKey $route "max_body_bytes")) -}}
+{{- $_ := set $route "max_body_bytes" (int64 $.values.spool.maxBodyBytes) -}}
+{{- end -}}
+{{- $routes = append $routes $route -}}
+{{- end -}}
+{{- $_ := set $config "routes" $routes -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* A Kubernetes quantity (an integer, or digits with one of the suffixes Ki Mi Gi Ti k M G T)
+in bytes. Context: value, what (the key, for the error). */}}
+{{- define "signing-proxy.quantityBytes" -}}
+{{- $q := .value -}}
+{{- if or (kindIs "float64" $q) (kindIs "int" $q) (kindIs "int64" $q) -}}
+{{- $q = int64 $q | toString -}}
+{{- end -}}
+{{- $q = toString $q -}}
+{{- if not (regexMatch "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$" $q) -}}
+{{- fail (printf "%s %q: use a whole number of bytes, or one with a Ki, Mi, Gi, Ti, k, M, G or T suffix" .what $q) -}}
+{{- end -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $unit := regexFind "[A-Za-z]+$" $q -}}
+{{- mul (trimSuffix $unit $q | int64) (index $units $unit) -}}
+{{- end -}}
+
+{{/* The size limit of the /tmp emptyDir, where large bodies are spooled: tmpVolume.sizeLimit,
+or room for spool.concurrentBodies bodies of spool.maxBodyBytes plus 16 MiB, in whole MiB. */}}
+{{- define "signing-proxy.tmpSizeLimit" -}}
+{{- if kindIs "invalid" .values.tmpVolume.sizeLimit -}}
+{{- $bytes := add (mul (int64 .values.spool.maxBodyBytes) (int64 .values.spool.concurrentBodies)) 16777216 -}}
+{{- printf "%dMi" (div (add $bytes 1048575) 1048576) -}}
+{{- else -}}
+{{- .values.tmpVolume.sizeLimit -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Fails the render on settings that cannot work. Renders nothing. */}}
@@ -95,6 +136,12 @@ default (3) when the chart does not pass --drain-delay. */}}
 {{- if ge $drain (float64 $v.terminationGracePeriodSeconds) -}}
 {{- fail (printf "proxy.drainDelaySeconds (%s) + proxy.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
 {{- end -}}
+{{- if not (kindIs "invalid" $v.tmpVolume.sizeLimit) -}}
+{{- $limit := include "signing-proxy.quantityBytes" (dict "value" $v.tmpVolume.sizeLimit "what" "tmpVolume.sizeLimit") | int64 -}}
+{{- if lt $limit (int64 $v.spool.maxBodyBytes) -}}
+{{- fail (printf "tmpVolume.sizeLimit (%v) cannot hold one body of spool.maxBodyBytes (%d bytes), the largest a route accepts and spools to /tmp: raise it, or leave it null to size /tmp from spool.*" $v.tmpVolume.sizeLimit (int64 $v.spool.maxBodyBytes)) -}}
+{{- end -}}
+{{- end -}}
 {{- if not $v.existingConfigMap -}}
 {{- if not $v.config.routes -}}
 {{- fail "no routes: set config.routes (rendered to a ConfigMap) or existingConfigMap" -}}
@@ -107,6 +154,13 @@ default (3) when the chart does not pass --drain-delay. */}}
 {{- fail (printf "config.routes[%d] must be a map" $i) -}}
 {{- end -}}
 {{- include "signing-proxy.scanSecrets" (dict "node" $route "path" (printf "config.routes[%d]" $i) "values" $v) -}}
+{{- $scheme := "" -}}
+{{- if kindIs "map" $route.signer -}}{{- $scheme = toString (default "" $route.signer.scheme) -}}{{- end -}}
+{{- if and (has $scheme $v.spool.schemes) (hasKey $route "max_body_bytes") -}}
+{{- if gt (int64 $route.max_body_bytes) (int64 $v.spool.maxBodyBytes) -}}
+{{- fail (printf "config.routes[%d].max_body_bytes (%d) is above spool.maxBodyBytes (%d): the %s scheme spools large bodies to /tmp, which is sized from spool.maxBodyBytes; raise spool.maxBodyBytes to at least %d" $i (int64 $route.max_body_bytes) (int64 $v.spool.maxBodyBytes) $scheme (int64 $route.max_body_bytes)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- include "signing-proxy.scanSecrets" (dict "node" (default (dict) $v.config.extraConfig) "path" "config.extraConfig" "values" $v) -}}
 {{- end -}}
@@ -125,6 +179,8 @@ ConfigMap). Context: node, path, values. */}}
 {{- fail (printf "%s uses {env: ...}; in Kubernetes put the credential in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
 {{- else if and (kindIs "string" $value) (has $key $v.config.secretFields) (not $v.config.allowInlineSecrets) -}}
 {{- fail (printf "%s is a literal credential, which would land in a ConfigMap; put it in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
+{{- else if and (kindIs "string" $value) (hasPrefix (printf "%s/" (trimSuffix "/" $v.secretsMountPath)) $value) -}}
+{{- include "signing-proxy.checkSecretFile" (dict "where" $where "file" $value "values" $v) -}}
 {{- else -}}
 {{- include "signing-proxy.scanSecrets" (dict "node" $value "path" $where "values" $v) -}}
 {{- end -}}
@@ -133,6 +189,18 @@ ConfigMap). Context: node, path, values. */}}
 {{- range $i, $item := .node -}}
 {{- include "signing-proxy.scanSecrets" (dict "node" $item "path" (printf "%s[%d]" $path $i) "values" $v) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A config value names a file under secretsMountPath: a Secret must be mounted there, and
+with secret.create, hold that key. Context: where, file, values. */}}
+{{- define "signing-proxy.checkSecretFile" -}}
+{{- $v := .values -}}
+{{- $key := index (splitList "/" (trimPrefix (printf "%s/" (trimSuffix "/" $v.secretsMountPath)) .file)) 0 -}}
+{{- if not (or $v.existingSecret $v.secret.create) -}}
+{{- fail (printf "%s reads %s, but no Secret is mounted at %s: set existingSecret to the Secret that holds the key %q (or secret.create with secret.stringData for a throwaway cluster); without it the proxy cannot start" .where .file $v.secretsMountPath $key) -}}
+{{- else if and $v.secret.create (not $v.existingSecret) (not (hasKey (default (dict) $v.secret.stringData) $key)) -}}
+{{- fail (printf "%s reads %s, but secret.stringData has no key %q" .where .file $key) -}}
 {{- end -}}
 {{- end -}}
 
@@ -263,5 +331,5 @@ atomic updates of ConfigMaps and Secrets reach the proxy, which reloads. */}}
     {{- with .values.tmpVolume.medium }}
     medium: {{ . }}
     {{- end }}
-    sizeLimit: {{ .values.tmpVolume.sizeLimit }}
+    sizeLimit: {{ include "signing-proxy.tmpSizeLimit" . }}
 {{- end -}}
