@@ -156,6 +156,7 @@ class TokenSource:
 
     async def start(self) -> None:
         if self._task is None:
+            self._start_fetch()  # now: a request arriving at once waits for it, never 503s
             self._task = asyncio.create_task(self._run(), name=f"oauth2-token:{self._route}")
 
     async def close(self) -> None:
