@@ -223,9 +223,9 @@ class ProxyServer:
 
     def _report_client_certs(self) -> None:
         expiries = {
-            name: options.tls.client_cert_expiry
-            for name, options in self.runtime.options.items()
-            if options.tls.client_cert_expiry is not None
+            route.name: route.options.tls.client_cert_expiry
+            for route in self.runtime.table.routes
+            if route.options.tls.client_cert_expiry is not None
         }
         self.credential_metrics.set_client_cert_expiries(expiries)
 

@@ -22,8 +22,9 @@ from urllib.parse import quote
 import orjson
 from multidict import CIMultiDict
 
-from proxy.app import Runtime, prepare_upstream
-from proxy.cli import EXIT_CONFIG, load_or_report
+from proxy.app import Runtime
+from proxy.command import EXIT_CONFIG, load_or_report
+from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
 from proxy.signers import (
@@ -31,6 +32,7 @@ from proxy.signers import (
     Signer,
     SignerConfig,
     SigningContext,
+    SigningRefused,
     SignResult,
 )
 
@@ -70,7 +72,7 @@ def sign_command(args: argparse.Namespace) -> int:
     except CredentialsUnavailable as err:
         print(f"signing-proxy sign: no credentials: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as err:
+    except (SigningRefused, ValueError) as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
     if fetched is not None:
