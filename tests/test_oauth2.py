@@ -338,3 +338,31 @@ def test_a_changed_route_fetches_anew_at_reload_and_the_others_keep_their_token(
         assert len(endpoint.requests) == 3
         assert endpoint.requests[2]["form"]["scope"] == "other"
         assert requests.get(f"{proxy.url}/api/x", timeout=10).json() == {"token": "tok-1-Vx9"}
+
+
+def test_a_token_endpoint_slower_than_the_timeout_is_a_failure_then_recovers(
+    api: Api, endpoint: TokenEndpoint, tmp_path: Path
+) -> None:
+    endpoint.delay = 3.0
+    proxy = _proxy(api, endpoint, tmp_path, timeout=0.5).start()
+    try:
+        deadline = time.monotonic() + 10
+        reason = ""
+        while "within" not in reason and time.monotonic() < deadline:
+            time.sleep(0.1)
+            reason = (
+                requests.get(f"{proxy.admin_url}/readyz", timeout=5)
+                .json()
+                .get("routes", {})
+                .get("api", "")
+            )
+        assert reason == (
+            "the first access token could not be fetched: "
+            "the token endpoint did not answer within 0.5 s"
+        )
+        assert requests.get(f"{proxy.url}/api/x", timeout=10).status_code == 503
+        endpoint.delay = 0.0
+        assert _wait_ready(proxy, timeout=20).status_code == 200
+        assert requests.get(f"{proxy.url}/api/x", timeout=10).status_code == 200
+    finally:
+        proxy.stop()
