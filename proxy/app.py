@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
@@ -48,6 +48,9 @@ _CONNECT_MESSAGE: Final = (
 # The status of a request whose client went away before any answer (nginx's convention):
 # what the metrics and the access log count it as, never a status 0.
 CLIENT_CLOSED_STATUS: Final = 499
+# The status counted and logged for a request the shutdown cut before any answer: the server
+# was unavailable to it (nothing is sent; the connection closes).
+SHUTDOWN_CUT_STATUS: Final = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +97,18 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
+        # The tasks of the requests in flight, so a shutdown can cut the ones still running at
+        # its deadline; and the error code a cancelled request is logged and counted under:
+        # the client went away, unless the server is cutting it (`ProxyServer.stop`).
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.cancelled_as = "client_closed"
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
         exchange = Exchange(request.method, request.path, time.perf_counter())
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
         self.metrics.in_flight += 1
         try:
             return await self._handle(request, runtime, exchange)
@@ -115,11 +126,14 @@ class ProxyHandler:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
             return _cut(request, exchange, None)
         except asyncio.CancelledError:
-            exchange.error = exchange.error or "client_closed"
+            exchange.error = exchange.error or self.cancelled_as
+            if exchange.error == "shutdown" and not exchange.status:
+                exchange.status = SHUTDOWN_CUT_STATUS  # ours, not the client's (499)
             raise
         except Exception as err:
             return self._last_resort(request, exchange, err)
         finally:
+            self.in_flight.discard(task)
             self.metrics.in_flight -= 1
             if not exchange.status:  # the client left before any answer
                 exchange.status = CLIENT_CLOSED_STATUS

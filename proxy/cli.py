@@ -13,11 +13,13 @@ from proxy.config import Config, describe_signer
 
 _EPILOG: Final = """\
 examples:
-  signing-proxy demo                                  try it: a demo config and a local echo server
-  signing-proxy check --config config/example.yaml    validate a config, list its routes
-  signing-proxy run --config config/example.yaml      serve on the config's listen address
-  signing-proxy run --config c.yaml --listen 0.0.0.0:8080 --log-format console
-  signing-proxy sign --config c.yaml -X POST -H 'Content-Type: application/json' \\
+  # from the repository's root; the credentials of config/example.yaml are dummies
+  signing-proxy demo                          # try it: a demo config and a local echo server
+  set -a; . config/example.env; set +a        # the example's dummy credentials, as env vars
+  signing-proxy check --config config/example.yaml    # validate a config, list its routes
+  signing-proxy run --config config/example.yaml      # serve on the config's listen address
+  signing-proxy run --config config/example.yaml --listen 127.0.0.1:18080 --log-format console
+  signing-proxy sign --config config/example.yaml -X POST -H 'Content-Type: application/json' \\
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         type=float,
         default=20.0,
-        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT, after which they are "
+        "cut; the process exits within drain delay + this + 1 s (default 20)",
     )
     run.add_argument(
         "--workers",
@@ -94,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", help="demo config (default: the bundled config/demo.yaml)")
     demo.add_argument(
+        "--listen",
+        help="proxy address HOST:PORT (default: the config's, or a free port if it is taken; "
+        "port 0: a free port)",
+    )
+    demo.add_argument(
+        "--admin",
+        help="admin address HOST:PORT (default: the config's, or a free port if it is taken)",
+    )
+    demo.add_argument(
         "--self-test",
         action="store_true",
         help="send the demo requests, print what came back, and exit",
@@ -117,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import run_demo
 
-        return run_demo(args.config, self_test=args.self_test)
+        return run_demo(args.config, self_test=args.self_test, listen=args.listen, admin=args.admin)
     raise AssertionError(args.command)
 
 

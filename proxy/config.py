@@ -34,6 +34,8 @@ DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_ADMIN: Final = "127.0.0.1:9090"
 DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_SPOOL_THRESHOLD_BYTES: Final = 1024 * 1024
+# A spooled body costs disk, not memory: room for S3's largest single PUT (5 GiB).
+DEFAULT_MAX_SPOOLED_BODY_BYTES: Final = 5 * 1024 * 1024 * 1024
 
 _ROUTE_NAME = re.compile(r"^[a-z0-9_-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -253,7 +255,15 @@ class RouteConfig(_Model):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         gt=0,
-        description="Largest body a scheme that reads the body accepts (413 above).",
+        description="Largest body a scheme that reads the body into memory accepts (413 "
+        "above). Set explicitly, it also caps spooled bodies.",
+    )
+    max_spooled_body_bytes: int = Field(
+        default=DEFAULT_MAX_SPOOLED_BODY_BYTES,
+        gt=0,
+        description="Largest body a scheme that hashes it incrementally (devo, devengo, "
+        "aws-sigv4 signed payloads) accepts; above spool_threshold_bytes it goes to $TMPDIR, "
+        "which must have room for it (413 above; default 5 GiB, S3's largest single PUT).",
     )
     spool_threshold_bytes: int = Field(
         default=DEFAULT_SPOOL_THRESHOLD_BYTES,
@@ -308,6 +318,22 @@ class RouteConfig(_Model):
         upstream_host = self.upstream_url.raw_host or ""
         object.__setattr__(self, "signer", self.signer.with_upstream_host(upstream_host))
         return self
+
+    def body_limit(self, *, spooled: bool) -> tuple[int, str]:
+        """The largest request body this route reads for signing, and the key that sets it.
+
+        A body held in memory is capped by `max_body_bytes`. A body the scheme can hash as it
+        arrives (and spool to disk) by `max_spooled_body_bytes`, and also by `max_body_bytes`
+        when the route sets that explicitly.
+        """
+        if not spooled:
+            return self.max_body_bytes, "max_body_bytes"
+        if (
+            "max_body_bytes" in self.model_fields_set
+            and self.max_body_bytes < self.max_spooled_body_bytes
+        ):
+            return self.max_body_bytes, "max_body_bytes"
+        return self.max_spooled_body_bytes, "max_spooled_body_bytes"
 
     @property
     def upstream_url(self) -> URL:
@@ -391,9 +417,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except YamlError as exc:
         problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in exc.problems]
         raise ConfigError(source, problems) from None
+    problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in doc.problems]
     if not isinstance(doc.data, dict):
-        raise ConfigError(source, [ConfigProblem("", 1, "the config must be a YAML mapping")])
-    problems = _duplicate_route_names(doc)
+        problems.append(ConfigProblem("", 1, "the config must be a YAML mapping"))
+        raise ConfigError(source, problems)
+    problems += _duplicate_route_names(doc)
     try:
         config = Config.model_validate(doc.data)
     except ValidationError as exc:

@@ -57,7 +57,9 @@ class OAuth2Config(SignerConfig):
     private_key: SecretValue | None = Field(
         default=None, description="PEM RSA or P-256 key for private_key_jwt (RS256 / ES256)."
     )
-    key_id: str | None = Field(default=None, description="`kid` of the client assertion.")
+    key_id: SecretValue | None = Field(
+        default=None, description="`kid` of the client assertion (a secret value, as elsewhere)."
+    )
     scope: str | None = None
     audience: str | None = None
     resource: str | list[str] | None = None
@@ -128,7 +130,7 @@ def _is_loopback(host: str) -> bool:
 
 class OAuth2Signer(Signer[OAuth2Config]):
     refused_statuses = frozenset({401})
-    public_fields = frozenset({"client_id"})  # an identifier, never sent upstream
+    public_fields = frozenset({"client_id", "key_id"})  # identifiers, never sent upstream
 
     def __init__(
         self,
@@ -144,7 +146,7 @@ class OAuth2Signer(Signer[OAuth2Config]):
             auth_method=config.auth_method,
             client_secret=config.client_secret.reveal() if config.client_secret else None,
             private_key=config.private_key.reveal() if config.private_key else None,
-            key_id=config.key_id,
+            key_id=config.key_id.reveal() if config.key_id else None,
             params=config.token_params(),
             tls=config.tls,
             timeout=config.timeout,

@@ -237,7 +237,7 @@ def _client(config: OAuth2Config) -> TokenClient:
         auth_method=config.auth_method,
         client_secret=config.client_secret.reveal() if config.client_secret else None,
         private_key=config.private_key.reveal() if config.private_key else None,
-        key_id=config.key_id,
+        key_id=config.key_id.reveal() if config.key_id else None,
         params=config.token_params(),
         tls=TlsConfig(),
         timeout=5.0,
