@@ -18,9 +18,10 @@ from typing import Any, Final
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
+from proxy.admission import body_unread, check_request
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
-from proxy.config import Config
+from proxy.config import Config, setting_at
 from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder, UpstreamResponse
@@ -69,21 +70,26 @@ class Runtime:
         on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
         previous: Runtime | None = None,
     ) -> Runtime:
-        """Build every route; from a reload (`previous`), a route whose config is unchanged
-        keeps its signer (and so its credentials, such as a fetched token) and, while its TLS
-        files are unchanged too, its upstream options (and so its pooled connections)."""
-        routes = []
-        for rc in config.routes:
+        """Raises `InvalidSetting` naming the key of a setting that cannot be used; call it
+        through `proxy.startup.build_runtime`, which reports that as a config error.
+
+        From a reload (`previous`), a route whose config is unchanged keeps its signer (and so
+        its credentials, such as a fetched token) and, while its TLS files are unchanged too,
+        its upstream options (and so its pooled connections)."""
+        routes: list[Route] = []
+        for index, rc in enumerate(config.routes):
             kept = previous.table.by_name.get(rc.name) if previous is not None else None
-            if kept is not None and kept.config == rc and kept.signer.still_current():
-                routes.append(Route.compile(rc, kept.signer, kept.options))
-                continue
-            on_refresh = on_refresh_for(rc.name) if on_refresh_for else None
-            signer = build_signer(rc.signer, route=rc.name, on_refresh=on_refresh)
-            routes.append(Route.compile(rc, signer))
-        return cls(
-            config=config, table=RouteTable(routes), access=AccessPolicy.from_config(config.access)
-        )
+            with setting_at("routes", index):
+                if kept is not None and kept.config == rc and kept.signer.still_current():
+                    routes.append(Route.compile(rc, kept.signer, kept.options))
+                    continue
+                with setting_at("signer"):
+                    on_refresh = on_refresh_for(rc.name) if on_refresh_for else None
+                    signer = build_signer(rc.signer, route=rc.name, on_refresh=on_refresh)
+                routes.append(Route.compile(rc, signer))  # its TLS context: `tls` keys
+        with setting_at("access"):
+            access = AccessPolicy.from_config(config.access)
+        return cls(config=config, table=RouteTable(routes), access=access)
 
     def is_ready(self) -> bool:
         return all(route.signer.is_ready() for route in self.table.routes)
@@ -105,7 +111,8 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
-        exchange = Exchange(request.method, request.path, time.perf_counter())
+        # The path is logged once the target is admitted: never a refused request's bytes.
+        exchange = Exchange(request.method, "", time.perf_counter())
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
@@ -119,8 +126,8 @@ class ProxyHandler:
             response = error_response(
                 err.status, err.code, err.message, exchange.route, err.headers
             )
-            if err.close:
-                response.force_close()
+            if err.close or body_unread(request):
+                response.force_close()  # unread body bytes must never pass as a request
             return response
         except ResponseAborted as err:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
@@ -168,8 +175,10 @@ class ProxyHandler:
         """Read the body (if the scheme signs it), sign, forward, relay."""
         upstream = await read_request(request, match, query)
         try:
-            response = await self._sign_and_forward(request, match.route, upstream, exchange)
-            return await relay(request, response, exchange)
+            # One of the route's upstream connections, held to the end of the relayed answer.
+            async with match.route.limits.upstream.hold():
+                response = await self._sign_and_forward(request, match.route, upstream, exchange)
+                return await relay(request, response, exchange)
         finally:
             if upstream.spooled is not None:
                 upstream.spooled.close()  # the temporary file goes, whatever happened
@@ -261,10 +270,12 @@ def admit(request: web.BaseRequest, runtime: Runtime) -> None:
     if runtime.access is not None:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
     if request.method == "CONNECT":
-        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+        # Closed: the bytes after a CONNECT are the tunnel's, never a request to serve.
+        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE, close=True)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+    check_request(request)  # method, target bytes, framing, Host port (proxy/admission.py)
     if not all(_is_utf8(value) for _, value in request.raw_headers):
         # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
         # of forwarding (and signing) a header that is not what the app sent.

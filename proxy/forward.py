@@ -21,12 +21,13 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.config import RouteConfig
+from proxy.config import RouteConfig, setting_at
 from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
 from proxy.http import are_field_names
 from proxy.signers import UpstreamRequest
-from proxy.upstream_tls import TlsMaterial, load_material, material_digest
+from proxy.tls import client_tls
+from proxy.upstream_tls import TlsMaterial, material_digest
 
 CHUNK_SIZE: Final = 64 * 1024
 SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
@@ -36,7 +37,8 @@ NO_BODY_STATUSES: Final = frozenset({204, 304})
 @dataclass(frozen=True, slots=True)
 class UpstreamOptions:
     """Per-route client settings, built once per config load (kept by a reload that changes
-    neither the route nor its TLS files, so its pooled connections stay in use)."""
+    neither the route nor its TLS files, so its pooled connections stay in use: aiohttp pools
+    connections per SSL context)."""
 
     ssl: ssl.SSLContext | bool
     timeout: aiohttp.ClientTimeout
@@ -48,9 +50,10 @@ class UpstreamOptions:
     ) -> UpstreamOptions:
         """The options of `config`; `previous` (those of an unchanged route) when its TLS files
         (CA, client certificate and key) still hold what `previous` was built from."""
-        if previous is not None and material_digest(config.tls) == previous.tls.digest:
-            return previous
-        tls = load_material(config.tls)
+        with setting_at("tls"):
+            if previous is not None and material_digest(config.tls) == previous.tls.digest:
+                return previous
+            tls = client_tls(config.tls)
         timeout = aiohttp.ClientTimeout(
             total=config.timeout.total,
             connect=config.timeout.connect,
@@ -250,6 +253,10 @@ class _ClientBody:
 
 def failure_reason(exc: BaseException) -> str:
     """Why a client operation failed, fit for a client and a log: never the signed URL."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Its `os_error` is unset in older aiohttp (3.11, 3.12.0); `certificate_error` is not.
+        error = exc.certificate_error
+        return getattr(error, "strerror", None) or str(error) or type(error).__name__
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or type(exc.os_error).__name__
     # Their str() appends the upstream URL, whose query is signed: signatures, and an AWS

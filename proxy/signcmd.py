@@ -16,14 +16,14 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import orjson
 from multidict import CIMultiDict
 
 from proxy.app import Runtime
-from proxy.command import EXIT_CONFIG, load_or_report
+from proxy.command import EXIT_CONFIG, build_or_report
 from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
@@ -34,24 +34,24 @@ from proxy.signers import (
     SigningContext,
     SigningRefused,
     SignResult,
+    UpstreamRequest,
 )
 
 EXIT_USAGE = 1
 
 
 def sign_command(args: argparse.Namespace) -> int:
-    config = load_or_report(args.config)
-    if config is None:
+    runtime = build_or_report(args.config)
+    if runtime is None:
         return EXIT_CONFIG
     try:
         ctx = SigningContext(
             now_ms=parse_time(args.at) if args.at else SigningContext.now().now_ms,
-            nonce=args.nonce or SigningContext.now().nonce,
+            nonce=args.nonce,  # None: each use draws its own
         )
         headers = parse_headers(args.header)
         body = read_data(args.data, args.data_binary)
         method = (args.method or ("POST" if body is not None else "GET")).upper()
-        runtime = Runtime.build(config)
         match = find_route(runtime, args.url, args.route, headers.get("Host"))
     except ValueError as err:
         print(f"signing-proxy sign: {err}", file=sys.stderr)
@@ -65,25 +65,55 @@ def sign_command(args: argparse.Namespace) -> int:
         match, method, query, headers, (body or b"") if needs_body else None
     )
     fetched = None
+    explanation: dict[str, object] | None = None
     try:
         if args.fetch_token:
             fetched = asyncio.run(route.signer.fetch_for_display())
-        result = route.signer.sign_for_display(upstream, ctx)
+        if args.explain and isinstance(route.signer, ExplainingSigner):
+            result, explained = route.signer.explain(upstream, ctx)
+            explanation = explained.as_dict()
+        else:
+            result = route.signer.sign_for_display(upstream, ctx)
     except CredentialsUnavailable as err:
         print(f"signing-proxy sign: no credentials: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (SigningRefused, ValueError) as err:
+    except (ValueError, SigningRefused) as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
     if fetched is not None:
         result = dataclasses.replace(result, details={**result.details, "token_fetch": fetched})
     sent_body = result.request.body if result.request.body is not None else body
     redact = _redactor(route.config.signer, route.signer)
+    if args.explain and explanation is None:
+        explanation = {"note": f"scheme {route.signer.scheme} has no step-by-step explanation"}
     if args.json:
-        print(_as_json(result, sent_body, redact))
+        print(_as_json(result, sent_body, redact, explanation))
     else:
-        print(redact(_as_text(route.name, result, sent_body)))
+        text = _as_text(route.name, result, sent_body)
+        if explanation is not None:
+            text += "\n" + _explanation_text(explanation)
+        print(redact(text))
     return 0
+
+
+@runtime_checkable
+class ExplainingSigner(Protocol):
+    """A scheme that can say how it signed, step by step (`sign --explain`): `hmac`."""
+
+    def explain(self, request: UpstreamRequest, ctx: SigningContext) -> tuple[SignResult, Any]: ...
+
+
+def _explanation_text(explanation: dict[str, object]) -> str:
+    lines = ["", "== explain =="]
+    for key, value in explanation.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {name} = {item}" for name, item in value.items()] or ["  (none)"]
+        elif isinstance(value, list):
+            lines.append(f"{key}: {', '.join(map(str, value)) or '(none)'}")
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
 
 
 def parse_time(text: str) -> int:
@@ -158,7 +188,12 @@ def _origin_form(url: str) -> str:
     return path if path.startswith("/") else "/" + path
 
 
-def _as_json(result: SignResult, body: bytes | None, redact: Callable[[str], str]) -> str:
+def _as_json(
+    result: SignResult,
+    body: bytes | None,
+    redact: Callable[[str], str],
+    explanation: dict[str, object] | None = None,
+) -> str:
     request = result.request
     headers: dict[str, str] = {}
     for key, value in request.headers.items():
@@ -172,6 +207,8 @@ def _as_json(result: SignResult, body: bytes | None, redact: Callable[[str], str
         "string_to_sign": redact(result.string_to_sign),
         **{key: redact(value) for key, value in result.details.items()},
     }
+    if explanation is not None:
+        document["explain"] = orjson.loads(redact(orjson.dumps(explanation).decode()))
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
 
 

@@ -18,7 +18,14 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from proxy.secrets import SecretValue
 
@@ -45,9 +52,10 @@ class TlsConfig(BaseModel):
 
     @field_validator("ca_file", "client_cert", "client_key")
     @classmethod
-    def _readable(cls, value: str | None) -> str | None:
+    def _readable(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not Path(value).is_file():
-            raise ValueError(f"{value} does not exist")
+            what = "CA file" if info.field_name == "ca_file" else f"{info.field_name}"
+            raise ValueError(f"{what} {value} does not exist")
         return value
 
     @model_validator(mode="after")
@@ -72,14 +80,21 @@ class TlsMaterial:
 
 def load_material(tls: TlsConfig) -> TlsMaterial:
     """Build the client context. Raises ValueError (never quoting a key or password)."""
+    trust = _trust_context(tls, force_context=tls.client_cert is not None)
+    if not isinstance(trust, ssl.SSLContext):
+        return TlsMaterial(ssl=trust, digest=material_digest(tls))
+    return add_client_certificate(trust, tls)
+
+
+def add_client_certificate(context: ssl.SSLContext, tls: TlsConfig) -> TlsMaterial:
+    """Load `tls`'s client certificate and key (if any) into `context`, checked first (the key
+    must match the certificate). Raises ValueError (never quoting a key or password)."""
     if tls.client_cert is None or tls.client_key is None:
-        return TlsMaterial(ssl=_trust_context(tls), digest=material_digest(tls))
+        return TlsMaterial(ssl=context, digest=material_digest(tls))
+    password = tls.key_password.reveal() if tls.key_password is not None else None
     for _ in range(_READ_ATTEMPTS):
         cert_pem, key_pem = _read_pair(tls.client_cert, tls.client_key)
         expiry = _check_pair(tls, cert_pem, key_pem)
-        context = _trust_context(tls, force_context=True)
-        assert isinstance(context, ssl.SSLContext)
-        password = tls.key_password.reveal() if tls.key_password is not None else None
         try:
             # From the files themselves: `ssl` takes no bytes, and a decrypted copy of the key
             # must not be written anywhere.
@@ -88,12 +103,23 @@ def load_material(tls: TlsConfig) -> TlsMaterial:
             pass  # the files changed under us (checked below) or OpenSSL disagrees
         else:
             if _read_pair(tls.client_cert, tls.client_key) == (cert_pem, key_pem):
-                return TlsMaterial(
-                    ssl=context, digest=_digest(tls, cert_pem, key_pem), client_cert_expiry=expiry
-                )
+                digest = _digest(tls, cert_pem, key_pem)
+                return TlsMaterial(ssl=context, digest=digest, client_cert_expiry=expiry)
         if _read_pair(tls.client_cert, tls.client_key) == (cert_pem, key_pem):
             raise ValueError(f"client_cert {tls.client_cert} and client_key cannot be loaded")
     raise ValueError(f"{tls.client_cert} keeps changing while it is read")
+
+
+def client_context_for(trust: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """A context to load a client certificate into, from aiohttp's `ssl=` trust setting."""
+    if isinstance(trust, ssl.SSLContext):
+        return trust
+    if trust:
+        return ssl.create_default_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _check_pair(tls: TlsConfig, cert_pem: bytes, key_pem: bytes) -> float:
@@ -145,16 +171,10 @@ def tls_files(tls: TlsConfig) -> list[str]:
 
 
 def _trust_context(tls: TlsConfig, *, force_context: bool = False) -> ssl.SSLContext | bool:
-    if not tls.verify:
-        if not force_context:
-            return False
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if tls.ca_file:
+    if tls.verify and tls.ca_file:
         return ssl.create_default_context(cafile=tls.ca_file)
-    return ssl.create_default_context() if force_context else True
+    trust = tls.verify
+    return client_context_for(trust) if force_context else trust
 
 
 def _read_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import pytest
 import requests
 import yaml
 from aiohttp import web
@@ -14,6 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tests.support import free_port, running_proxy, running_upstream
+
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
 
 # Distinctive values: a hit can only be a leak.
 SECRETS = {
@@ -24,6 +27,7 @@ SECRETS = {
     "LEAK_QUERY_KEY": "leak-query-key-Ub62",
     "LEAK_CLIENT_SECRET": "leak-client-secret-Tt31",
     "LEAK_ACCESS_TOKEN": "leak-access-token-Jr55",  # issued by the token endpoint below
+    "LEAK_HMAC_SECRET": "leak-hmac-secret-Rr55",
     "LEAK_HMAC_KEY": "leak-rfc9421-hmac-key-Vv31",
 }
 # A private key (RFC 9421 route): its PEM lines must never appear, whole or in part.
@@ -104,6 +108,24 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                     "scheme": "devresults",
                     "token": "public-token",
                     "secret": {"env": "LEAK_DR_SECRET"},
+                },
+            },
+            {
+                "name": "hmac",
+                "match": {"path_prefix": "/hmac"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "hmac",
+                    "key_id": "public-hmac-key-id",
+                    "secret": {"env": "LEAK_HMAC_SECRET"},
+                    "vars": {"ts": {"now": "epoch_ms"}, "n": {"random": "hex16"}},
+                    "before_sign": {"form": {"nonce": "{n}"}},
+                    "sign": {
+                        "algorithm": "hmac-sha256",
+                        "key": "{secret}&{key_id}",
+                        "message": "{method}{path}{ts}{body}",
+                    },
+                    "after_sign": {"headers": {"Authorization": "HMAC {key_id}:{signature}"}},
                 },
             },
             {
@@ -194,6 +216,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("POST", "/devo/x", b'{"a": 1}'),
                 ("POST", "/devo/x", b"x" * 200),  # 413
                 ("GET", "/dr/x?t=stale&s=stale", None),
+                ("POST", "/hmac/x", b"a=1"),  # not a form: refused
+                ("GET", "/hmac/x?q=1", None),
                 ("GET", "/dead/x", None),  # 502
                 ("GET", "/qk/x?key=app&y=1", None),
                 ("GET", "/qk/../x?key=app", None),  # 400
@@ -240,6 +264,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "http://h/oauth/x"],
             ["sign", "--config", str(config_path), "--fetch-token", "http://h/oauth/x"],
             ["sign", "--config", str(config_path), "--fetch-token", "--json", "/oauth-jwt/x"],
+            ["sign", "--config", str(config_path), "--explain", "http://h/hmac/x?a=1"],
+            ["sign", "--config", str(config_path), "--explain", "--json", "http://h/hmac/x"],
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/rfc9421/x"],
             ["sign", "--config", str(config_path), "-H", "X-Required: 1", "http://h/hmac9421/x"],
         ):

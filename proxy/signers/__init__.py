@@ -27,9 +27,11 @@ from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
+from proxy.signers.hmac import HmacSigner
 from proxy.signers.http_message_signatures import HttpMessageSignaturesSigner
 from proxy.signers.jscrambler import JscramblerSigner
 from proxy.signers.oauth2 import OAuth2Signer
+from proxy.signers.plugins import load_plugins
 from proxy.signers.query_key import QueryKeySigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
@@ -46,8 +48,14 @@ SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
     OAuth2Signer,
     HttpMessageSignaturesSigner,
     CavageSigner,
+    HmacSigner,
     # -- registry end --
 )
+
+BUILTIN_SCHEMES: frozenset[str] = frozenset(cls.scheme for cls in SIGNER_CLASSES)
+# Installed packages' schemes (entry-point group `signing_proxy.schemes`), after the built-ins.
+PLUGIN_CLASSES, PLUGIN_ERRORS = load_plugins(set(BUILTIN_SCHEMES))
+SIGNER_CLASSES += tuple(PLUGIN_CLASSES)
 
 SIGNERS: dict[str, type[Signer[Any]]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
 
@@ -69,6 +77,8 @@ def build_signer(
 
 
 __all__ = [
+    "PLUGIN_CLASSES",
+    "PLUGIN_ERRORS",
     "SIGNERS",
     "AnySignerConfig",
     "BodyDigest",
