@@ -139,7 +139,7 @@ BAD_CONFIGS = [
         """,
         "routes[0].signer",
         5,
-        "scheme is required (one of: bearer, header, devresults,",
+        "scheme is required (one of: bearer, header,",
     ),
     (
         "signer-not-a-mapping",
