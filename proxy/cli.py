@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--json", action="store_true", help="print one JSON object")
     sign.add_argument("url", help="the URL the app would request")
 
+    from proxy.interception.cacmd import add_ca_parser
+
+    add_ca_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="run the proxy on a demo config in front of a local echo server"
     )
@@ -110,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.signcmd import sign_command
 
         return sign_command(args)
+    if args.command == "ca":
+        from proxy.interception.cacmd import ca_command
+
+        return ca_command(args)
     if args.command == "demo":
         from proxy.demo import run_demo
 
@@ -145,8 +153,22 @@ def _check(path: str) -> int:
         match = " ".join(
             f"{key}={value}" for key, value in route.match.model_dump().items() if value is not None
         )
+        intercept = "  intercept" if route.intercept else ""
         print(
             f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
+            f"{intercept}"
+        )
+    if config.interception is not None:
+        from proxy.interception.ca import CertificateAuthority
+
+        interception = config.interception
+        ca = CertificateAuthority.from_pem(
+            interception.ca_cert.reveal(), interception.ca_key.reveal()
+        )
+        print(
+            f"  interception: CA {ca.subject} (ca_cert={interception.ca_cert.source}, "
+            f"ca_key={interception.ca_key.source}) valid until {ca.not_after:%Y-%m-%d}; "
+            f"host certificates for {interception.leaf_validity_days} day(s)"
         )
     return 0
 

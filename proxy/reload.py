@@ -20,7 +20,8 @@ Fingerprint = tuple[tuple[str, str | None, str | None], ...]
 
 
 def watched_files(config: Config, config_path: str | Path) -> list[Path]:
-    """The config file, every `{file: PATH}` secret and every `tls.ca_file` it references."""
+    """The config file, every `{file: PATH}` secret (the interception CA's included) and every
+    `tls.ca_file` it references."""
     paths = [Path(config_path)]
     for route in config.routes:
         for name in type(route.signer).model_fields:
@@ -29,6 +30,10 @@ def watched_files(config: Config, config_path: str | Path) -> list[Path]:
                 paths.append(Path(value.source.removeprefix("file:")))
         if route.tls.ca_file:
             paths.append(Path(route.tls.ca_file))
+    if config.interception is not None:  # a rotated CA is picked up like a rotated key
+        for secret in (config.interception.ca_cert, config.interception.ca_key):
+            if secret.source.startswith("file:"):
+                paths.append(Path(secret.source.removeprefix("file:")))
     return list(dict.fromkeys(paths))
 
 
