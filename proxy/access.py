@@ -2,7 +2,7 @@
 
 For shared (non-sidecar) deployments. A sidecar listens on 127.0.0.1 and needs none of it. The
 token is checked in constant time; the client's `Proxy-Authorization` is hop-by-hop and never
-forwarded (see `proxy.forward.strip_hop_by_hop`).
+forwarded (see `proxy.http.strip_hop_by_hop`).
 """
 
 from __future__ import annotations

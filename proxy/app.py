@@ -1,44 +1,35 @@
-"""One request's way through routing -> signer -> forward.
+"""One request's way through the proxy: admit -> route -> read body -> sign -> forward -> relay.
 
 Everything built from a config load lives in one immutable `Runtime`; a request takes the
 runtime once when it arrives and keeps it to the end, so a reload (swap of the runtime) never
-changes a request half-way.
+changes a request half-way. Every way out of the handler sets the answered status and an error
+code, so the access log and the metrics see each request exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
-from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import AccessPolicy
-from proxy.body import SpooledBody, client_body_deadline
+from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
-from proxy.config import Config, RetryConfig, RouteConfig
-from proxy.errors import ProxyError, error_response
+from proxy.config import Config
+from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
-from proxy.forward import (
-    CHUNK_SIZE,
-    HOP_BY_HOP,
-    Forwarder,
-    RetryableStatus,
-    UpstreamAborted,
-    UpstreamOptions,
-    connection_tokens,
-)
-from proxy.limits import RouteLimits
+from proxy.forward import Forwarder, UpstreamResponse
 from proxy.logs import access_log, get_logger
 from proxy.metrics import Metrics
-from proxy.routing import Route, RouteMatch, RouteTable, TargetError, parse_target
+from proxy.relay import relay
+from proxy.request import read_request
+from proxy.routing import RequestTarget, Route, RouteMatch, RouteTable, TargetError, parse_target
 from proxy.signers import (
-    BodyDigest,
     CredentialsUnavailable,
     OnCredentialRefresh,
     SigningContext,
@@ -54,16 +45,18 @@ _CONNECT_MESSAGE: Final = (
     "CONNECT tunnels are not supported: the proxy must see requests to sign them. "
     "Send plain http:// URLs through it (HTTP_PROXY); it speaks TLS to the upstream."
 )
+# The status of a request whose client went away before any answer (nginx's convention):
+# what the metrics and the access log count it as, never a status 0.
+CLIENT_CLOSED_STATUS: Final = 499
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """Everything built from one config load."""
+    """Everything built from one config load: the routes (each with its signer, upstream
+    settings, limits and retry policy) and the access policy."""
 
     config: Config
     table: RouteTable
-    options: dict[str, UpstreamOptions]
-    limits: dict[str, RouteLimits]
     access: AccessPolicy | None
 
     @classmethod
@@ -84,11 +77,7 @@ class Runtime:
             for rc in config.routes
         ]
         return cls(
-            config=config,
-            table=RouteTable(routes),
-            options={rc.name: UpstreamOptions.for_route(rc) for rc in config.routes},
-            limits={rc.name: RouteLimits.for_route(rc) for rc in config.routes},
-            access=AccessPolicy.from_config(config.access),
+            config=config, table=RouteTable(routes), access=AccessPolicy.from_config(config.access)
         )
 
     def is_ready(self) -> bool:
@@ -111,6 +100,8 @@ class ProxyHandler:
         try:
             return await self._handle(request, runtime, exchange)
         except ProxyError as err:
+            if exchange.response_started:  # cannot happen by design; never send a second head
+                return _cut(request, exchange, err.code)
             exchange.status, exchange.error = err.status, err.code
             response = error_response(
                 err.status, err.code, err.message, exchange.route, err.headers
@@ -118,24 +109,107 @@ class ProxyHandler:
             if err.close:
                 response.force_close()
             return response
-        except UpstreamAborted as err:
-            exchange.aborted = True
+        except ResponseAborted as err:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
-            if request.transport is not None:
-                request.transport.abort()  # never let a cut-off body look complete
-            # Never sent (the connection is gone); returning rather than raising keeps aiohttp
-            # from logging a traceback for what is an ordinary event for a proxy.
-            return web.Response()
+            return _cut(request, exchange, None)
         except asyncio.CancelledError:
             exchange.error = exchange.error or "client_closed"
             raise
+        except Exception as err:
+            return self._last_resort(request, exchange, err)
         finally:
             self.metrics.in_flight -= 1
+            if not exchange.status:  # the client left before any answer
+                exchange.status = CLIENT_CLOSED_STATUS
             if exchange.upstream_date and exchange.route:
                 self.clock.observe(exchange.route, exchange.upstream_date)
             duration = time.perf_counter() - exchange.started
             self.metrics.observe(exchange, duration)
             self._access_log(exchange, duration)
+
+    async def _handle(
+        self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
+    ) -> web.StreamResponse:
+        admit(request, runtime)
+        target = request_target(request)
+        exchange.path = target.path
+        match = find_route(runtime.table, target, request)
+        route = match.route
+        exchange.route = route.name
+        take_slot(route)
+        try:
+            idle = route.config.timeout.client_body
+            if idle is None or not request.body_exists or request.content.is_eof():
+                return await self._proxy(request, match, target.query, exchange)
+            async with client_body_deadline(request, idle, exchange):
+                return await self._proxy(request, match, target.query, exchange)
+        finally:
+            route.limits.leave()
+
+    async def _proxy(
+        self, request: web.BaseRequest, match: RouteMatch, query: str, exchange: Exchange
+    ) -> web.StreamResponse:
+        """Read the body (if the scheme signs it), sign, forward, relay."""
+        upstream = await read_request(request, match, query)
+        try:
+            response = await self._sign_and_forward(request, match.route, upstream, exchange)
+            return await relay(request, response, exchange)
+        finally:
+            if upstream.spooled is not None:
+                upstream.spooled.close()  # the temporary file goes, whatever happened
+
+    async def _sign_and_forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        upstream: UpstreamRequest,
+        exchange: Exchange,
+    ) -> UpstreamResponse:
+        """Sign and send; with `retries`, sign afresh (new time, new nonce) and send again."""
+        policy = route.retry
+        attempts = 1
+        if policy is not None:
+            replayable = (
+                upstream.body is not None or upstream.spooled is not None or not request.body_exists
+            )
+            attempts = policy.attempts_for(request.method, replayable)
+        attempt = 1
+        while True:
+            try:
+                signed = sign(route, upstream)
+                response = await self.forwarder.forward(request, signed, route.options, exchange)
+            except ProxyError as err:
+                if policy is None or attempt == attempts or err.code not in policy.errors:
+                    raise
+                reason = err.code
+            else:
+                if policy is None or attempt == attempts or response.status not in policy.statuses:
+                    return response
+                await response.close()
+                reason = f"status {response.status}"
+            self.metrics.retries.labels(route.name).inc()
+            delay = policy.delay(attempt)
+            log.info("retrying", route=route.name, attempt=attempt, reason=reason, delay=delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    @staticmethod
+    def _last_resort(
+        request: web.BaseRequest, exchange: Exchange, err: Exception
+    ) -> web.StreamResponse:
+        """An exception nothing else expected: one error line with the traceback's frames (its
+        message is left out: it can quote request or credential data), and a JSON 500."""
+        log.error(
+            "internal_error",
+            route=exchange.route,
+            error_type=type(err).__name__,
+            traceback="".join(traceback.format_tb(err.__traceback__)),
+        )
+        if exchange.response_started:
+            return _cut(request, exchange, "internal_error")
+        exchange.status, exchange.error = 500, "internal_error"
+        message = "the proxy failed on this request; the error is in its log"
+        return error_response(500, "internal_error", message, exchange.route)
 
     @staticmethod
     def _access_log(exchange: Exchange, duration: float) -> None:
@@ -154,131 +228,54 @@ class ProxyHandler:
             }
         )
 
-    async def _handle(
-        self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
-    ) -> web.StreamResponse:
-        if runtime.access is not None:
-            runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
-        if request.method == "CONNECT":
-            raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
-        if request.version not in _HTTP_1:
-            # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
-            raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
-        if not all(_is_utf8(value) for _, value in request.raw_headers):
-            # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
-            # of forwarding (and signing) a header that is not what the app sent.
-            raise ProxyError(400, "invalid_header", "header values must be UTF-8 text")
-        try:
-            target = parse_target(request.raw_path)
-        except TargetError as err:
-            raise ProxyError(400, "invalid_target", str(err)) from None
-        exchange.path = target.path
-        match = runtime.table.match(target, request.headers.get("Host"))
-        if match is None:
-            host = target.host or request.headers.get("Host", "")
-            raise ProxyError(
-                403,
-                "no_route",
-                f"no route matches host {host!r} and path {target.path!r}; "
-                "this proxy only forwards to the routes in its config",
-            )
-        exchange.route = match.route.name
-        limits = runtime.limits[match.route.name]
-        if (wait := limits.retry_after()) is not None:
-            raise ProxyError(
-                429,
-                "rate_limited",
-                "this route's rate limit is exhausted",
-                headers={"Retry-After": str(wait)},
-            )
-        if not limits.try_enter():
-            raise ProxyError(503, "concurrency_limited", "this route is at its max_concurrent")
-        idle = match.route.config.timeout.client_body
-        try:
-            if idle is None or not request.body_exists or request.content.is_eof():
-                return await self._sign_and_forward(request, runtime, match, target.query, exchange)
-            async with client_body_deadline(request, idle, exchange):
-                return await self._sign_and_forward(request, runtime, match, target.query, exchange)
-        finally:
-            limits.leave()
 
-    async def _sign_and_forward(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        match: RouteMatch,
-        query: str,
-        exchange: Exchange,
-    ) -> web.StreamResponse:
-        route = match.route
-        if not route.signer.needs_body(request.method):
-            await _send_continue(request)
-            upstream = prepare_upstream(match, request.method, query, request.headers, None)
-            return await self._forward(request, runtime, route, upstream, exchange)
-        body = await read_body(request, route.config, route.signer.new_body_digest())
-        try:
-            size = body.spooled.size if body.spooled is not None else None
-            upstream = prepare_upstream(
-                match, request.method, query, request.headers, body.data, body_size=size
-            )
-            if body.spooled is not None:
-                upstream = upstream.replace(body_digest=body.digest, spooled=body.spooled)
-            return await self._forward(request, runtime, route, upstream, exchange)
-        finally:
-            if body.spooled is not None:
-                body.spooled.close()  # the temporary file goes, whatever happened
-
-    async def _forward(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        route: Route,
-        upstream: UpstreamRequest,
-        exchange: Exchange,
-    ) -> web.StreamResponse:
-        """Sign and send; with `retries`, sign afresh (new time, new nonce) and send again."""
-        options = runtime.options[route.name]
-        policy = route.config.retries
-        replayable = upstream.body is not None or upstream.spooled is not None
-        attempts = 1
-        if policy and request.method in policy.methods and (replayable or not request.body_exists):
-            attempts = policy.attempts
-        for attempt in range(1, attempts + 1):
-            last = attempt == attempts
-            statuses = frozenset() if last else _retry_statuses(policy)
-            try:
-                signed = sign(route, upstream)
-                return await self.forwarder.forward(request, signed, options, exchange, statuses)
-            except RetryableStatus as retry:
-                reason = f"status {retry.status}"
-            except ProxyError as err:
-                if last or not _retries_error(policy, err):
-                    raise
-                reason = err.code
-            assert policy is not None
-            self.metrics.retries.labels(route.name).inc()
-            # Exponential backoff with full jitter (not a secret: `random` is right here).
-            ceiling = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
-            delay = random.uniform(0, ceiling)  # noqa: S311
-            log.info("retrying", route=route.name, attempt=attempt, reason=reason, delay=delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+def admit(request: web.BaseRequest, runtime: Runtime) -> None:
+    """Refuse, before any route is looked at, what the proxy never forwards."""
+    if runtime.access is not None:
+        runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
+    if request.method == "CONNECT":
+        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+    if request.version not in _HTTP_1:
+        # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
+        raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+    if not all(_is_utf8(value) for _, value in request.raw_headers):
+        # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
+        # of forwarding (and signing) a header that is not what the app sent.
+        raise ProxyError(400, "invalid_header", "header values must be UTF-8 text")
 
 
-def _retry_statuses(policy: RetryConfig | None) -> frozenset[int]:
-    return frozenset(on for on in policy.on if isinstance(on, int)) if policy else frozenset()
+def request_target(request: web.BaseRequest) -> RequestTarget:
+    try:
+        return parse_target(request.raw_path)
+    except TargetError as err:
+        raise ProxyError(400, "invalid_target", str(err)) from None
 
 
-def _retries_error(policy: RetryConfig | None, err: ProxyError) -> bool:
-    """Whether the proxy's own failure is one the route retries."""
-    if policy is None:
-        return False
-    wanted = {
-        "upstream_unreachable": "connect_error",  # nothing reached the upstream
-        "upstream_bad_response": 502,
-        "upstream_timeout": 504,
-    }.get(err.code)
-    return wanted is not None and wanted in policy.on
+def find_route(table: RouteTable, target: RequestTarget, request: web.BaseRequest) -> RouteMatch:
+    match = table.match(target, request.headers.get("Host"))
+    if match is None:
+        host = target.host or request.headers.get("Host", "")
+        raise ProxyError(
+            403,
+            "no_route",
+            f"no route matches host {host!r} and path {target.path!r}; "
+            "this proxy only forwards to the routes in its config",
+        )
+    return match
+
+
+def take_slot(route: Route) -> None:
+    """Count the request against the route's rate (429) and concurrency (503) limits; the
+    caller gives the slot back with `route.limits.leave()`."""
+    if (wait := route.limits.retry_after()) is not None:
+        raise ProxyError(
+            429,
+            "rate_limited",
+            "this route's rate limit is exhausted",
+            headers={"Retry-After": str(wait)},
+        )
+    if not route.limits.try_enter():
+        raise ProxyError(503, "concurrency_limited", "this route is at its max_concurrent")
 
 
 def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:
@@ -308,130 +305,16 @@ def sign(route: Route, upstream: UpstreamRequest) -> UpstreamRequest:
     return signed
 
 
-def prepare_upstream(
-    match: RouteMatch,
-    method: str,
-    query: str,
-    headers: CIMultiDictProxy[str] | CIMultiDict[str],
-    body: bytes | None,
-    *,
-    body_size: int | None = None,
-) -> UpstreamRequest:
-    """The request to sign: the app's request minus hop-by-hop headers, with the route's static
-    header edits, `Host` set to the upstream's, `Content-Length` set to the size of a body read
-    for signing (`body`, or `body_size` when it was spooled), and the path mapped onto the
-    upstream's. One pass over the app's headers, which keep their order."""
-    route = match.route
-    edited = route.edited_headers
-    named = connection_tokens(headers)
-    if body is not None:
-        body_size = len(body)
-    length = None if body_size is None else str(body_size)
-    out: CIMultiDict[str] = CIMultiDict()
-    host_done = length_done = False
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered == "host":
-            if not host_done:
-                out.add(name, route.upstream_host)
-                host_done = True
-            continue
-        if (
-            lowered in HOP_BY_HOP
-            or lowered in edited
-            or lowered.startswith("proxy-")
-            or (named and lowered in named)
-        ):
-            continue
-        if length is not None and lowered == "content-length":
-            if value != length or length_done:  # the body we send decides its length
-                continue
-            length_done = True
-        out.add(name, value)
-    out.extend(route.config.headers.set)
-    if not host_done:
-        out.add("Host", route.upstream_host)
-    if length is not None and not length_done:
-        out.add("Content-Length", length)
-    return UpstreamRequest(
-        method=method,
-        scheme=route.upstream_scheme,
-        host=route.upstream_host,
-        path=match.path,
-        query=query,
-        headers=CIMultiDictProxy(out),
-        body=body,
-    )
-
-
-@dataclass(slots=True)
-class ReadBody:
-    """A body read for signing: `data` in memory, or `spooled` to disk with its `digest`."""
-
-    data: bytes | None
-    spooled: SpooledBody | None = None
-    digest: BodyDigest | None = None
-
-
-async def read_body(
-    request: web.BaseRequest, route: RouteConfig, digest: BodyDigest | None
-) -> ReadBody:
-    """The whole request body, refusing (413) anything over `max_body_bytes`.
-
-    Past `spool_threshold_bytes`, when the scheme can hash incrementally (`digest`), the body
-    goes to a temporary file while `digest` is fed, so memory stays flat whatever the size.
-    """
-    limit = route.max_body_bytes
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    await _send_continue(request)
-    if declared is not None and (digest is None or declared <= route.spool_threshold_bytes):
-        return ReadBody(await _read_declared(request, declared))
-    memory = bytearray()
-    spooled: SpooledBody | None = None
-    size = 0
-    try:
-        async for chunk in request.content.iter_chunked(CHUNK_SIZE):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            if spooled is not None:
-                digest.update(chunk)  # type: ignore[union-attr]
-                await spooled.write(chunk)
-                continue
-            memory += chunk
-            if digest is not None and size > route.spool_threshold_bytes:
-                spooled = SpooledBody()
-                digest.update(bytes(memory))
-                await spooled.write(memory)
-                memory = bytearray()
-        if spooled is not None:
-            await spooled.finish()
-    except (HttpProcessingError, web.RequestPayloadError) as err:
-        if spooled is not None:
-            spooled.close()
-        raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
-    except BaseException:
-        if spooled is not None:
-            spooled.close()
-        raise
-    if spooled is not None:
-        return ReadBody(None, spooled, digest)
-    return ReadBody(bytes(memory))
-
-
-async def _read_declared(request: web.BaseRequest, length: int) -> bytes:
-    """A body of known length, under the spool threshold: one read, no per-chunk loop."""
-    if length == 0:
-        return b""  # aiohttp's reader for "no body" refuses even a read of 0 bytes
-    try:
-        return await request.content.readexactly(length)
-    except asyncio.IncompleteReadError as err:
-        message = f"the request body ended after {len(err.partial)} of its {length} bytes"
-        raise ProxyError(400, "invalid_body", message) from None
-    except (HttpProcessingError, web.RequestPayloadError) as err:
-        raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
+def _cut(request: web.BaseRequest, exchange: Exchange, error: str | None) -> web.Response:
+    """End a request whose answer cannot be sent: the response started, or the client left."""
+    exchange.aborted = True
+    if error is not None:
+        exchange.error = error
+    if request.transport is not None:
+        request.transport.abort()  # never let a cut-off body look complete
+    # Never sent (the connection is gone); returning rather than raising keeps aiohttp from
+    # logging a traceback for what is an ordinary event for a proxy.
+    return web.Response()
 
 
 def _is_utf8(value: bytes) -> bool:
@@ -440,16 +323,3 @@ def _is_utf8(value: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413, "body_too_large", f"the request body is over this route's max_body_bytes ({limit})"
-    )
-
-
-async def _send_continue(request: web.BaseRequest) -> None:
-    # The low-level server does not answer `Expect: 100-continue`; clients such as curl then
-    # stall a second before each large upload. We take the body, so say so.
-    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -18,9 +18,8 @@ from typing import IO, Final
 
 from aiohttp import StreamReader, web
 
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
-from proxy.forward import UpstreamAborted
 
 WRITE_BATCH: Final = 1024 * 1024  # disk writes go to a thread in batches of this size
 
@@ -125,6 +124,6 @@ async def client_body_deadline(
             raise  # another timeout, not ours
         exchange.error = "client_body_timeout"
         message = f"the request body stalled: no byte for {idle:g} s"
-        if exchange.status:
-            raise UpstreamAborted(message) from None  # the response started: cut it
+        if exchange.response_started:
+            raise ResponseAborted(message) from None  # cut it: it cannot become a 408 now
         raise ProxyError(408, "client_body_timeout", message, close=True) from None

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import Final
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, describe_signer, load_config
-
-EXIT_CONFIG: Final = 2
+from proxy.command import EXIT_CONFIG, load_or_report, run_event_loop
+from proxy.config import Config, describe_signer
 
 _EPILOG: Final = """\
 examples:
@@ -134,14 +132,6 @@ def config_schema_json() -> str:
     return json.dumps(schema, indent=2, sort_keys=True)
 
 
-def load_or_report(path: str) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(f"invalid config: {err}", file=sys.stderr)
-        return None
-
-
 def _check(path: str) -> int:
     config = load_or_report(path)
     if config is None:
@@ -226,13 +216,3 @@ def _run_workers(args: argparse.Namespace, config: Config) -> int:
         print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
         return 1
     return codes[0] if codes else 1
-
-
-def run_event_loop(main_coroutine: object) -> None:
-    """asyncio.run, on uvloop where it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main_coroutine)  # type: ignore[arg-type]
-    else:
-        uvloop.run(main_coroutine)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from yarl import URL
 
+from proxy.http import MANAGED_HEADERS, is_field_name
 from proxy.interception.config import InterceptionConfig, TunnelsConfig
 from proxy.secrets import SecretValue
 from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
@@ -36,11 +37,6 @@ DEFAULT_SPOOL_THRESHOLD_BYTES: Final = 1024 * 1024
 
 _ROUTE_NAME = re.compile(r"^[a-z0-9_-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-# Headers the proxy itself manages; a static edit of them would break framing or routing.
-_MANAGED_HEADERS: Final = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"}
-)
 
 
 class _Model(BaseModel):
@@ -190,9 +186,9 @@ class HeadersConfig(_Model):
 
 
 def _check_header_name(name: str) -> None:
-    if not _HEADER_NAME.match(name):
+    if not is_field_name(name):
         raise ValueError(f"{name!r} is not a valid header name")
-    if name.lower() in _MANAGED_HEADERS:
+    if name.lower() in MANAGED_HEADERS:
         raise ValueError(f"{name} is managed by the proxy and cannot be edited")
 
 

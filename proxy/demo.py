@@ -8,7 +8,7 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-from proxy.cli import EXIT_CONFIG, load_or_report, run_event_loop
+from proxy.command import EXIT_CONFIG, load_or_report, run_event_loop
 from proxy.config import parse_host_port
 from proxy.logs import configure_logging
 from proxy.server import ProxyServer

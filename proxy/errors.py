@@ -1,4 +1,6 @@
-"""The proxy's own error responses: an HTTP status and `{"error": {"code", "message", "route"}}`."""
+"""How a request fails: before its response started, the proxy answers an HTTP status and
+`{"error": {"code", "message", "route"}}` (`ProxyError`); after, it can only cut the connection
+(`ResponseAborted`)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ class ProxyError(Exception):
         self.message = message
         self.headers = headers or {}
         self.close = close  # the connection cannot carry another request (a body left unread)
+
+
+class ResponseAborted(Exception):
+    """The response had started when the upstream or the client failed: the client connection
+    is cut so the client sees an incomplete response, never a truncated one that looks whole."""
 
 
 def error_response(

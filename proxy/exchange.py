@@ -15,7 +15,10 @@ class Exchange:
     path: str
     started: float
     route: str | None = None
-    status: int = 0
+    status: int = 0  # the status answered (0 until there is one)
+    # The response's status line and headers went out: from then on a failure can only cut
+    # the connection (`ResponseAborted`), never answer an error.
+    response_started: bool = False
     error: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0

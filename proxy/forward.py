@@ -2,14 +2,14 @@
 
 One shared aiohttp client session with pooled keep-alive connections. The client is set up not
 to touch what it carries: no automatic decompression, no auto-added headers, redirects passed
-back. Request bodies stream unless the signer read them; response status, headers and body
-always stream back, with backpressure from the client.
+back. The request body streams unless the signer read it. `Forwarder.forward` ends when the
+upstream's status and headers are in (and, for a small response, its whole body): it returns an
+`UpstreamResponse` for `proxy.relay` to write to the client, so every failure here comes before
+the client has been sent anything.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -22,60 +22,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import RouteConfig
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
-from proxy.responses import AsGivenResponse, AsGivenStreamResponse
+from proxy.http import are_field_names
 from proxy.signers import UpstreamRequest
 
-HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-    }
-)
 CHUNK_SIZE: Final = 64 * 1024
 SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
-# RFC 9110 5.1 field names. aiohttp's client parser is lenient with responses: it keeps
-# `Content-Length : 5` as a header named "Content-Length " (and then reads to EOF); relayed,
-# a lenient client would take it as a Content-Length beside our own framing.
-# Checked for all names at once: joined by newlines, which no valid name contains.
-_TOKENS: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
-_CONTENT_LENGTH: Final = frozenset({"content-length"})
-
-
-def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
-    """The header names a `Connection` header lists (hop-by-hop too), lower-cased."""
-    values = headers.getall("Connection", ())
-    if not values:
-        return frozenset()
-    return frozenset(token.strip().lower() for value in values for token in value.split(","))
-
-
-def strip_hop_by_hop(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], also: frozenset[str] = frozenset()
-) -> CIMultiDict[str]:
-    """Drop hop-by-hop headers: the fixed set, `Proxy-*`, those `Connection` names, and the
-    lower-case names in `also`."""
-    named = connection_tokens(headers)
-    result: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if (
-            lowered in HOP_BY_HOP
-            or lowered.startswith("proxy-")
-            or (named and lowered in named)
-            or (also and lowered in also)
-        ):
-            continue
-        result.add(name, value)
-    return result
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +56,33 @@ class UpstreamOptions:
         return cls(ssl=context, timeout=timeout)
 
 
-class RetryableStatus(Exception):
-    """The upstream answered with a status the route retries; nothing was sent to the client."""
+class UpstreamResponse:
+    """An upstream's answer, checked and ready to relay.
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"the upstream answered {status}")
-        self.status = status
+    `body` is the whole body when it was small enough to read at once (a `Content-Length` up to
+    `SMALL_RESPONSE`, on a response that has a body); otherwise None and the body streams from
+    `chunks()`, with `idle` (the route's `timeout.read`) allowed between two chunks. `close()`
+    gives the upstream connection back (or drops it, when the body was not read to its end).
+    """
 
+    __slots__ = ("_response", "body", "headers", "idle", "reason", "status")
 
-class UpstreamAborted(Exception):
-    """The response had started when the upstream or the client failed: the client connection
-    is cut so the client sees an incomplete response, never a truncated one that looks whole."""
+    def __init__(
+        self, response: aiohttp.ClientResponse, body: bytes | None, idle: float | None
+    ) -> None:
+        self._response = response
+        self.status = response.status
+        self.reason = response.reason
+        self.headers: CIMultiDictProxy[str] = response.headers
+        self.body = body
+        self.idle = idle
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    async def close(self) -> None:
+        self._response.release()
+        await self._response.wait_for_close()
 
 
 class _VerbatimRequest(aiohttp.ClientRequest):
@@ -157,20 +127,19 @@ class Forwarder:
         upstream: UpstreamRequest,
         options: UpstreamOptions,
         exchange: Exchange,
-        retry_statuses: frozenset[int] = frozenset(),
-    ) -> web.StreamResponse:
-        """Send `upstream`; stream the answer back to `client`.
+    ) -> UpstreamResponse:
+        """Send `upstream`; return its answer, for the caller to relay (and close).
 
-        Raises ProxyError before the response starts; UpstreamAborted after it started;
-        RetryableStatus, before anything is sent, for a status in `retry_statuses`.
+        Raises ProxyError for a failed exchange or an answer the proxy will not relay, and
+        ResponseAborted when the client went away meanwhile.
         """
         assert self._session is not None, "Forwarder.start() was not awaited"
         exchange.upstream_host = upstream.host
-        body = _ClientBody(client, upstream, exchange)
-        data = body.data()
+        request_body = _ClientBody(client, upstream, exchange)
+        data = request_body.data()
         started = time.perf_counter()
         try:
-            async with self._session.request(
+            response = await self._session.request(
                 upstream.method,
                 URL(upstream.url, encoded=True),  # the app's bytes, not re-encoded
                 headers=upstream.headers,
@@ -178,132 +147,63 @@ class Forwarder:
                 allow_redirects=False,
                 ssl=options.ssl,
                 timeout=options.timeout,
-            ) as response:
-                exchange.upstream_seconds = time.perf_counter() - started
-                exchange.upstream_date = response.headers.get("Date")
-                if response.status in retry_statuses:
-                    raise RetryableStatus(response.status)
-                return await self._stream_back(
-                    client, response, exchange, options.timeout.sock_read
-                )
+            )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise self._failure(
-                exchange, 504, "upstream_timeout", "the upstream did not answer in time"
-            ) from exc
+            message = "the upstream did not answer in time"
+            raise ProxyError(504, "upstream_timeout", message) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise self._failure(
-                exchange,
-                502,
-                "upstream_unreachable",
-                f"cannot connect to the upstream: {_reason(exc)}",
-            ) from exc
+            message = f"cannot connect to the upstream: {failure_reason(exc)}"
+            raise ProxyError(502, "upstream_unreachable", message) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             if client.transport is None or client.transport.is_closing():
                 exchange.error = "client_closed"
-                raise UpstreamAborted("the client went away") from exc
-            if body.failure is not None:  # the client's body broke, not the upstream
-                raise self._failure(exchange, 400, "invalid_body", body.failure) from exc
-            raise self._failure(
-                exchange, 502, "upstream_bad_response", f"the upstream failed: {_reason(exc)}"
-            ) from exc
-
-    @staticmethod
-    def _failure(exchange: Exchange, status: int, code: str, message: str) -> Exception:
-        if exchange.status:  # headers already sent: all we can do is cut the connection
-            exchange.error = code
-            return UpstreamAborted(message)
-        return ProxyError(status, code, message)
-
-    @staticmethod
-    async def _stream_back(
-        client: web.BaseRequest,
-        response: aiohttp.ClientResponse,
-        exchange: Exchange,
-        idle: float | None,
-    ) -> web.StreamResponse:
-        # Nothing has been sent yet: a response we cannot relay faithfully is the upstream's
-        # failure (502), never our 500. 1xx (101 included: we never forward Upgrade) and
-        # statuses outside 100-599 are not valid final statuses (RFC 9110 15).
-        if not 200 <= response.status <= 599:
-            raise ProxyError(
-                502, "upstream_bad_response", f"the upstream sent status {response.status}"
-            )
-        if response.headers and not _TOKENS.fullmatch("\n".join(response.headers.keys())):
-            raise ProxyError(
-                502, "upstream_bad_response", "the upstream sent an invalid header name"
-            )
-        length = response.content_length
-        if (
-            length is not None
-            and length <= SMALL_RESPONSE
-            and client.method != "HEAD"
-            and response.status not in _NO_BODY_STATUSES
-        ):
-            # web.Response sets Content-Length from the body it is given.
-            headers = strip_hop_by_hop(response.headers, _CONTENT_LENGTH)
-            return await _whole(client, response, headers, exchange)
-        headers = strip_hop_by_hop(response.headers)
-        out = AsGivenStreamResponse(status=response.status, reason=response.reason, headers=headers)
+                raise ResponseAborted("the client went away") from exc
+            if request_body.failure is not None:  # the client's body broke, not the upstream
+                raise ProxyError(400, "invalid_body", request_body.failure) from exc
+            message = f"the upstream failed: {failure_reason(exc)}"
+            raise ProxyError(502, "upstream_bad_response", message) from exc
+        exchange.upstream_seconds = time.perf_counter() - started
+        exchange.upstream_date = response.headers.get("Date")
         try:
-            await out.prepare(client)
-        except ValueError as exc:  # aiohttp refuses control characters before writing a byte
-            raise ProxyError(
-                502, "upstream_bad_response", f"the upstream sent an invalid header: {exc}"
-            ) from exc
-        exchange.status = response.status
-        chunks = response.content.iter_any()
-        try:
-            while True:
-                # `timeout.read` between body chunks, kept here too: when aiohttp's C parser
-                # fails on a broken chunk framing, it closes the connection and drops its own
-                # read timer but never fails the body stream, which would then wait forever.
-                try:
-                    async with asyncio.timeout(idle):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                try:
-                    await out.write(chunk)
-                except ConnectionError as exc:
-                    # A failed write is the client's doing, even as aiohttp's
-                    # ClientConnectionResetError, which is also a ClientError.
-                    exchange.error = "client_closed"
-                    raise UpstreamAborted("the client went away") from exc
-                exchange.bytes_out += len(chunk)
+            _check_relayable(response)
+            # A small body is read at once: cheaper than streaming it, and one cut short is
+            # still a clean 502, as nothing has reached the client yet.
+            body = await response.read() if _read_whole(client, response) else None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            exchange.error = "upstream_aborted"
-            raise UpstreamAborted(f"the upstream response broke off: {_reason(exc)}") from exc
-        await out.write_eof()
-        return out
+            response.release()
+            message = f"the upstream response broke off: {failure_reason(exc)}"
+            raise ProxyError(502, "upstream_bad_response", message) from exc
+        except BaseException:
+            response.release()
+            raise
+        return UpstreamResponse(response, body, options.timeout.sock_read)
 
 
-async def _whole(
-    client: web.BaseRequest,
-    response: aiohttp.ClientResponse,
-    headers: CIMultiDict[str],
-    exchange: Exchange,
-) -> web.Response:
-    """A small response read whole and answered in one piece: cheaper than streaming it, and a
-    body cut short is still a clean 502 (nothing has reached the client yet)."""
-    try:
-        body = await response.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+def _check_relayable(response: aiohttp.ClientResponse) -> None:
+    """Refuse (502, the upstream's failure, never our 500) an answer the proxy cannot relay
+    faithfully."""
+    # 1xx (101 included: we never forward Upgrade) and statuses outside 100-599 are not valid
+    # final statuses (RFC 9110 15).
+    if not 200 <= response.status <= 599:
         raise ProxyError(
-            502, "upstream_bad_response", f"the upstream response broke off: {_reason(exc)}"
-        ) from exc
-    out = AsGivenResponse(
-        status=response.status, reason=response.reason, headers=headers, body=body
+            502, "upstream_bad_response", f"the upstream sent status {response.status}"
+        )
+    # aiohttp's client parser is lenient with responses: it keeps `Content-Length : 5` as a
+    # header named "Content-Length " (and then reads to EOF); relayed, a lenient client would
+    # take it as a Content-Length beside our own framing.
+    if response.headers and not are_field_names(response.headers.keys()):
+        raise ProxyError(502, "upstream_bad_response", "the upstream sent an invalid header name")
+
+
+def _read_whole(client: web.BaseRequest, response: aiohttp.ClientResponse) -> bool:
+    """Whether the answer has a small body of known length, read at once and sent in one piece."""
+    length = response.content_length
+    return (
+        length is not None
+        and length <= SMALL_RESPONSE
+        and client.method != "HEAD"
+        and response.status not in NO_BODY_STATUSES
     )
-    try:
-        await out.prepare(client)  # here, not after we return: a bad header is still a 502
-    except ValueError as exc:  # aiohttp refuses control characters before writing a byte
-        raise ProxyError(
-            502, "upstream_bad_response", f"the upstream sent an invalid header: {exc}"
-        ) from exc
-    exchange.status = response.status
-    await out.write_eof()
-    exchange.bytes_out = len(body)
-    return out
 
 
 class _ClientBody:
@@ -327,8 +227,7 @@ class _ClientBody:
         client, upstream = self._client, self._upstream
         if upstream.spooled is not None:  # a large signed body, sent from its temporary file
             self._exchange.bytes_in = upstream.spooled.size
-            chunks: AsyncIterator[bytes] = upstream.spooled.chunks()
-            return chunks
+            return upstream.spooled.chunks()
         if upstream.body is not None:
             self._exchange.bytes_in = len(upstream.body)
             return upstream.body if upstream.body or client.body_exists else None
@@ -342,11 +241,12 @@ class _ClientBody:
                 self._exchange.bytes_in += len(chunk)
                 yield chunk
         except Exception as exc:
-            self.failure = f"the request body cannot be read: {_reason(exc)}"
+            self.failure = f"the request body cannot be read: {failure_reason(exc)}"
             raise
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """Why a client operation failed, fit for a client and a log: never the signed URL."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or type(exc.os_error).__name__
     # Their str() appends the upstream URL, whose query is signed: signatures, and an AWS

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import RouteConfig
+from proxy.forward import UpstreamOptions
+from proxy.limits import RouteLimits
+from proxy.retry import RetryPolicy
 from proxy.signers import Signer
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -81,10 +84,14 @@ def _check_path(path: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A route config compiled for matching, with its signer (built once per config load)."""
+    """A route config compiled for one config load: how it matches, its signer, its upstream
+    client settings, its limits (with their counters) and its retry policy."""
 
     config: RouteConfig
     signer: Signer[Any]
+    options: UpstreamOptions
+    limits: RouteLimits
+    retry: RetryPolicy | None
     host: str | None  # exact host, or the ".example.com" suffix of a wildcard
     wildcard: bool
     port: int | None
@@ -117,6 +124,9 @@ class Route:
         return cls(
             config=config,
             signer=signer,
+            options=UpstreamOptions.for_route(config),
+            limits=RouteLimits.for_route(config),
+            retry=RetryPolicy.compile(config.retries),
             host=host,
             wildcard=wildcard,
             port=port,

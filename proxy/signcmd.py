@@ -19,11 +19,12 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from proxy.app import Runtime, prepare_upstream
-from proxy.cli import EXIT_CONFIG, load_or_report
+from proxy.app import Runtime
+from proxy.command import EXIT_CONFIG, load_or_report
+from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
-from proxy.signers import Signer, SignerConfig, SigningContext, SignResult
+from proxy.signers import Signer, SignerConfig, SigningContext, SigningRefused, SignResult
 
 EXIT_USAGE = 1
 
@@ -55,7 +56,7 @@ def sign_command(args: argparse.Namespace) -> int:
     )
     try:
         result = route.signer.sign(upstream, ctx)
-    except ValueError as err:
+    except (SigningRefused, ValueError) as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
     sent_body = result.request.body if result.request.body is not None else body

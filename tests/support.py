@@ -1,10 +1,12 @@
-"""Real parts for tests: an aiohttp upstream on loopback (in its own thread) and the proxy as a
-`signing-proxy run` subprocess. Everything listens on 127.0.0.1 only."""
+"""Real parts for tests: an aiohttp upstream on loopback (in its own thread), and the proxy
+either as a `signing-proxy run` subprocess or in-process (its handler behind aiohttp's test
+server, driven by aiohttp's test client). Everything listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,15 @@ from typing import Any
 import requests
 import yaml
 from aiohttp import web
+from aiohttp.test_utils import RawTestServer, TestClient
+from prometheus_client import generate_latest
+
+from proxy.app import ProxyHandler, Runtime
+from proxy.config import parse_config
+from proxy.forward import Forwarder
+from proxy.metrics import Metrics
+from proxy.routing import RouteTable
+from proxy.signers import Signer
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -259,3 +270,41 @@ def running_proxy(config: dict[str, Any], workdir: Path, **kwargs: Any) -> Itera
 
 def route(name: str, upstream: str, signer: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"name": name, "upstream": upstream, "signer": signer, **extra}
+
+
+@dataclass
+class InProcessProxy:
+    """The proxy's handler in this process: `client` sends it requests over loopback."""
+
+    client: TestClient[web.Request, web.Application]
+    handler: ProxyHandler
+    metrics: Metrics
+
+    def scrape(self) -> str:
+        """`/metrics` as Prometheus would read it."""
+        self.metrics.sync()
+        return generate_latest(self.metrics.registry).decode()
+
+    def use_signer(self, signer: Signer[Any], route: int = 0) -> None:
+        """Give route `route` this signer, as a reload would (the runtime is swapped)."""
+        runtime = self.handler.runtime
+        routes = list(runtime.table.routes)
+        routes[route] = dataclasses.replace(routes[route], signer=signer)
+        self.handler.runtime = dataclasses.replace(runtime, table=RouteTable(routes))
+
+
+@contextlib.asynccontextmanager
+async def in_process_proxy(config: dict[str, Any]) -> AsyncIterator[InProcessProxy]:
+    """The request path as `run` builds it (config -> runtime -> handler), without a process."""
+    runtime = Runtime.build(parse_config(yaml.safe_dump(config)))
+    forwarder = Forwarder()
+    await forwarder.start()
+    metrics = Metrics()
+    handler = ProxyHandler(runtime, forwarder, metrics)
+    client: TestClient[web.Request, web.Application] = TestClient(RawTestServer(handler))
+    try:
+        await client.start_server()
+        yield InProcessProxy(client, handler, metrics)
+    finally:
+        await client.close()
+        await forwarder.close()

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 import requests
 from aiohttp import web
 
-from proxy.app import ProxyHandler, Runtime
-from proxy.config import parse_config
-from proxy.forward import Forwarder
-from proxy.metrics import Metrics
-from proxy.routing import Route, RouteTable
 from proxy.signers import Signer, SigningContext, SignResult, UpstreamRequest
-from tests.support import ProxyProcess, Upstream, free_port, running_proxy, running_upstream
+from tests.support import (
+    ProxyProcess,
+    Upstream,
+    free_port,
+    in_process_proxy,
+    route,
+    running_proxy,
+    running_upstream,
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,29 +160,12 @@ async def test_signer_failure_is_500_and_never_forwarded(
     error: Exception, shown: str | None
 ) -> None:
     with running_upstream() as upstream:
-        config = parse_config(
-            f"routes: [{{name: b, match: {{path_prefix: /}}, upstream: '{upstream.url}', "
-            "signer: {scheme: bearer, token: t}}]"
-        )
-        base = Runtime.build(config)
-        route = base.table.routes[0]
-        broken = Route.compile(route.config, _BrokenSigner(error))
-        runtime = dataclasses.replace(base, table=RouteTable([broken]))
-        forwarder = Forwarder()
-        await forwarder.start()
-        runner = web.ServerRunner(web.Server(ProxyHandler(runtime, forwarder, Metrics())))
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{port}/x") as response,
-            ):
-                body = await response.json()
-        finally:
-            await runner.cleanup()
-            await forwarder.close()
+        bearer = {"scheme": "bearer", "token": "t"}
+        config = {"routes": [route("b", upstream.url, bearer, match={"path_prefix": "/"})]}
+        async with in_process_proxy(config) as proxy:
+            proxy.use_signer(_BrokenSigner(error))
+            response = await proxy.client.get("/x")
+            body = await response.json()
         assert response.status == 500
         assert body["error"]["code"] == "signing_failed"
         assert body["error"]["route"] == "b"

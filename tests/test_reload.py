@@ -46,14 +46,20 @@ class KubeletVolume:
                 link.symlink_to(f"..data/{name}")
 
 
-def _config(upstream: Upstream, secret_path: Path, prefix: str = "/a", **extra: Any) -> str:
+def _config(
+    upstream: Upstream,
+    secret_path: Path,
+    prefix: str = "/a",
+    signer: dict[str, Any] | None = None,
+    **extra: Any,
+) -> str:
     config = {
         "routes": [
             {
                 "name": "main",
                 "match": {"path_prefix": prefix},
                 "upstream": upstream.url,
-                "signer": {"scheme": "bearer", "token": {"file": str(secret_path)}},
+                "signer": signer or {"scheme": "bearer", "token": {"file": str(secret_path)}},
             }
         ],
         **extra,
@@ -105,11 +111,16 @@ def volumes(tmp_path: Path) -> tuple[KubeletVolume, KubeletVolume]:
 
 
 def _start(
-    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path, **kw: Any
+    upstream: Upstream,
+    volumes: tuple[KubeletVolume, KubeletVolume],
+    tmp_path: Path,
+    signer: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> ProxyProcess:
     config_volume, secret_volume = volumes
     secret_volume.write({"token": "token-one\n"})
-    config_volume.write({"config.yaml": _config(upstream, secret_volume.root / "token")})
+    config = _config(upstream, secret_volume.root / "token", signer=signer)
+    config_volume.write({"config.yaml": config})
     proxy = ProxyProcess({}, tmp_path, write_config=False, **kw)
     proxy.extra_args = []
     # The config path is the kubelet's symlink, exactly as mounted in a pod.
@@ -185,29 +196,53 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
 
 
 def test_sighup_reloads_and_in_flight_request_finishes_on_its_config(
-    upstream: Upstream,
-    volumes: tuple[KubeletVolume, KubeletVolume],
-    tmp_path: Path,
-    slow_gate: threading.Event,
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
 ) -> None:
-    proxy = _start(upstream, volumes, tmp_path)
+    """A request keeps the config it arrived with to its end. Devo signs the body, so this
+    request is signed only once its body is in, and its body is still coming when the reload
+    lands: a handler that looked at the new config after arrival would sign with the new key."""
+    key_file = volumes[1].root / "token"
+    signer = {"scheme": "devo", "api_key": {"file": str(key_file)}, "api_secret": "s3cr3t"}
+    proxy = _start(upstream, volumes, tmp_path, signer=signer)
+    first_part_sent, rest_may_go = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b'{"part": 1, '
+        first_part_sent.set()
+        rest_may_go.wait(20)
+        yield b'"last": true}'
+
+    def in_flight() -> bool:
+        metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+        return "signing_proxy_in_flight_requests 1.0" in metrics
+
     try:
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(requests.get, f"{proxy.url}/a/slow", timeout=30)
-            assert slow_gate.wait(10)
-            # Rewrite the secret in place (no watcher-visible swap needed) and send SIGHUP.
-            volumes[1].write({"token": "token-three\n"})
+            pending = pool.submit(requests.post, f"{proxy.url}/a/x", data=body(), timeout=30)
+            assert first_part_sent.wait(10)
+            assert _wait_for(in_flight, timeout=10)  # the handler has the request
+            volumes[1].write({"token": "token-two\n"})
             assert proxy.process is not None
             proxy.process.send_signal(signal.SIGHUP)
             assert _wait_for(
                 lambda: any(e["reason"] == "SIGHUP" for e in _events(proxy, "config_reloaded")),
                 timeout=3,
             )
-            assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-three"
+            fresh = requests.post(f"{proxy.url}/a/x", data=b"{}", timeout=5)
+            assert _key(fresh) == "token-two"  # the reload did happen before the old one signs
+            rest_may_go.set()
             old = pending.result()
-        assert _auth(old) == "Bearer token-one"  # signed with the config it started on
+        assert _key(old) == "token-one"  # signed with the config it started on
+        assert old.json()["body_len"] == len(b'{"part": 1, "last": true}')
     finally:
+        rest_may_go.set()
         assert proxy.stop() == 0
+
+
+def _key(response: requests.Response) -> str:
+    assert response.status_code == 200, response.text
+    headers = dict((k.lower(), v) for k, v in response.json()["headers"])
+    return headers["x-logtrust-reseller-apikey"]
 
 
 def test_listen_change_says_restart_needed(

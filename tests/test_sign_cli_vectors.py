@@ -176,3 +176,20 @@ def test_devengo_vector_via_cli(vector: dict[str, Any], tmp_path: Path) -> None:
     if "string_to_sign" in expected:
         assert out["string_to_sign"] == expected["string_to_sign"]
     _headers_match(out["headers"], expected["headers_out"], vector, "devengo")
+
+
+def test_a_request_the_scheme_refuses_is_a_clear_error(tmp_path: Path) -> None:
+    signer = {"scheme": "jscrambler", "access_key": "AK", "secret_key": "SK"}
+    config = {"routes": [{"name": "j", "match": {"host": "api.jscrambler.com"}, "signer": signer}]}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "sign", "--config", str(config_path),
+         "-H", "Content-Type: application/json", "--data", '{"a": 1}',
+         "https://api.jscrambler.com/v3/code.json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "the request cannot be signed" in result.stderr
+    assert "form-urlencoded or multipart" in result.stderr
+    assert "Traceback" not in result.stderr

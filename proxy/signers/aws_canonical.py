@@ -17,6 +17,8 @@ from typing import Final
 
 from multidict import CIMultiDictProxy
 
+from proxy.http import HOP_BY_HOP, connection_tokens
+
 # -- protocol constants -------------------------------------------------------------------------
 
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
@@ -69,16 +71,9 @@ DEFAULT_SIGNED_HEADERS: Final = frozenset({"host", "content-type", "content-md5"
 SIGNED_HEADER_PREFIX: Final = "x-amz-"
 # Never signed, even when listed: hop-by-hop headers (proxies change them), tracing headers
 # (tracers add and rewrite them) and the signature itself.
-NEVER_SIGNED: Final = frozenset(
+NEVER_SIGNED: Final = HOP_BY_HOP | frozenset(
     {
         "authorization",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
         "x-amzn-trace-id",
         "traceparent",
         "tracestate",
@@ -237,11 +232,7 @@ def select_headers(
     `host`, `x-amz-*`, `content-type`, `content-md5` and the names in `extra`; never a header in
     `NEVER_SIGNED` nor one the `Connection` header declares hop-by-hop.
     """
-    hop_by_hop = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
+    hop_by_hop = connection_tokens(headers)
     chosen: list[tuple[str, str]] = []
     for name, value in headers.items():
         lname = name.lower()

@@ -33,6 +33,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from proxy.http import is_field_name
 from proxy.secrets import Secret, SecretValue
 from proxy.signers import aws_credentials
 from proxy.signers.aws_canonical import (
@@ -96,7 +97,6 @@ from proxy.signers.base import (
 )
 
 _MASK: Final = "**********"
-_HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 _SCOPE_PART: Final = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ROLE_ARN: Final = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 _EXTERNAL_ID: Final = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
@@ -180,7 +180,7 @@ class AwsSigV4Config(SignerConfig):
     def _valid_signed_headers(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         out: list[str] = []
         for name in names:
-            if not _HEADER_NAME.match(name):
+            if not is_field_name(name):
                 raise ValueError(f"{name!r} is not a valid HTTP header name")
             lname = name.lower()
             if is_never_signed(lname):

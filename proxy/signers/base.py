@@ -43,12 +43,15 @@ class BodyDigest(Protocol):
 
 
 class SpooledBody(Protocol):
-    """A large body the proxy spooled to disk: its size, and its bytes (again on each call)."""
+    """A large body the proxy spooled to disk: its size, its bytes (again on each call), and
+    `close()`, which the proxy calls when the request is done."""
 
     @property
     def size(self) -> int: ...
 
     def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
 
 
 class CredentialsUnavailable(Exception):

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Final, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from proxy.http import is_field_name
 from proxy.secrets import Secret, SecretValue
 from proxy.signers.base import (
     BodyDigest,
@@ -47,7 +47,6 @@ REQUEST_TARGET: Final = "(request-target)"
 DATE_TOLERANCE_SECONDS: Final = 5
 _COMPUTED_BODY_HEADERS: Final = frozenset({"x-content-sha256", "digest"})
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-_HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 _KEY_ALGORITHMS: Final[dict[str, Algorithm]] = {
     "rsa-sha256": "rsa-v1_5-sha256",
     "hmac-sha256": "hmac-sha256",
@@ -129,7 +128,7 @@ class CavageConfig(SignerConfig):
             return None
         lowered = tuple(name.strip().lower() for name in names)
         for name in lowered:
-            if name != REQUEST_TARGET and not _HEADER_NAME.match(name):
+            if name != REQUEST_TARGET and not is_field_name(name):
                 raise ValueError(f"{name!r} is not a header name or (request-target)")
             if name in UNSIGNABLE_FIELDS or name in {"authorization"}:
                 raise ValueError(f"{name} cannot be signed: the proxy rewrites it in transit")

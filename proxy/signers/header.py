@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import field_validator
 
+from proxy.http import MANAGED_HEADERS, is_field_name
 from proxy.secrets import SecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
-
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name
 
 
 class HeaderConfig(SignerConfig):
@@ -21,9 +19,9 @@ class HeaderConfig(SignerConfig):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        if not _TOKEN.match(name):
+        if not is_field_name(name):
             raise ValueError(f"{name!r} is not a valid HTTP header name")
-        if name.lower() in {"host", "content-length", "transfer-encoding", "connection"}:
+        if name.lower() in MANAGED_HEADERS:
             raise ValueError(f"the proxy manages the {name} header itself")
         return name
 

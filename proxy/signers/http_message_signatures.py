@@ -26,6 +26,7 @@ import http_sf
 from http_sf.item import ser_item
 from pydantic import Field, ValidationInfo, field_validator
 
+from proxy.http import is_field_name
 from proxy.secrets import Secret, SecretValue
 from proxy.signers.base import (
     BodyDigest,
@@ -55,7 +56,6 @@ _DIGESTS: Final[dict[str, Callable[[], BodyDigest]]] = {
 }
 _MASK: Final = "**********"
 _SF_KEY: Final = re.compile(r"^[a-z*][a-z0-9_.*-]*$")  # RFC 9651 3.1.2
-_FIELD_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 
 __all__ = ["HttpMessageSignaturesConfig", "HttpMessageSignaturesSigner", "MissingComponent"]
 
@@ -133,7 +133,7 @@ class HttpMessageSignaturesConfig(SignerConfig):
     @classmethod
     def _lower_names(cls, fields: dict[str, StructuredType]) -> dict[str, StructuredType]:
         for name in fields:
-            if not _FIELD_NAME.match(name):
+            if not is_field_name(name):
                 raise ValueError(f"{name!r} is not an HTTP field name")
         return {name.lower(): kind for name, kind in fields.items()}
 
