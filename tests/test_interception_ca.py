@@ -358,7 +358,8 @@ def test_a_leaf_for_a_host(ca: CertificateAuthority) -> None:
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert list(san) == [x509.DNSName("api.example.com")]
     constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert constraints.critical and not constraints.value.ca
+    assert constraints.critical
+    assert not constraints.value.ca
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
@@ -467,7 +468,7 @@ async def _handshake(
     port = listener.sockets[0].getsockname()[1]
     alpn: str | None = None
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             await writer.start_tls(client, server_hostname=server_hostname)
             ssl_object = writer.get_extra_info("ssl_object")
@@ -541,7 +542,8 @@ def test_ca_create_then_check(tmp_path: Path) -> None:
     result = _cli("ca", "create", "--out", str(out), "--permit", "example.com")
     assert result.returncode == 0, result.stderr
     assert str(out / "ca.crt") in result.stdout
-    assert "--cacert" in result.stdout and "keytool" in result.stdout
+    assert "--cacert" in result.stdout
+    assert "keytool" in result.stdout
     assert "NODE_EXTRA_CA_CERTS" in result.stdout
     assert stat.S_IMODE((out / "ca.key").stat().st_mode) == 0o600
     key = (out / "ca.key").read_text()
