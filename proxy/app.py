@@ -24,8 +24,10 @@ from proxy.config import Config
 from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder, UpstreamResponse
+from proxy.interception.ca import CertificateAuthority
+from proxy.interception.leaves import LeafStore, normalize_host
 from proxy.logs import access_log, get_logger
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, TunnelMetrics
 from proxy.relay import relay
 from proxy.request import read_request
 from proxy.routing import RequestTarget, Route, RouteMatch, RouteTable, TargetError, parse_target
@@ -37,14 +39,12 @@ from proxy.signers import (
     UpstreamRequest,
     build_signer,
 )
+from proxy.tunnel import Tunnel, TunnelManager, plan_connect
 
 log = get_logger("signing_proxy")
 
 _HTTP_1: Final = frozenset({HttpVersion10, HttpVersion11})
-_CONNECT_MESSAGE: Final = (
-    "CONNECT tunnels are not supported: the proxy must see requests to sign them. "
-    "Send plain http:// URLs through it (HTTP_PROXY); it speaks TLS to the upstream."
-)
+_CONNECT_IN_TUNNEL: Final = "a CONNECT inside a tunnel is refused"
 # The status of a request whose client went away before any answer (nginx's convention):
 # what the metrics and the access log count it as, never a status 0.
 CLIENT_CLOSED_STATUS: Final = 499
@@ -53,11 +53,14 @@ CLIENT_CLOSED_STATUS: Final = 499
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """Everything built from one config load: the routes (each with its signer, upstream
-    settings, limits and retry policy) and the access policy."""
+    settings, limits and retry policy), the access policy and, with HTTPS interception, the
+    host certificates (minted at each load)."""
 
     config: Config
     table: RouteTable
     access: AccessPolicy | None
+    leaves: LeafStore | None = None
+    intercepts: bool = False  # some route has intercept: true
 
     @classmethod
     def build(
@@ -77,11 +80,39 @@ class Runtime:
             for rc in config.routes
         ]
         return cls(
-            config=config, table=RouteTable(routes), access=AccessPolicy.from_config(config.access)
+            config=config,
+            table=RouteTable(routes),
+            access=AccessPolicy.from_config(config.access),
+            leaves=_leaf_store(config),
+            intercepts=any(rc.intercept for rc in config.routes),
         )
 
     def is_ready(self) -> bool:
         return all(route.signer.is_ready() for route in self.table.routes)
+
+
+def _leaf_store(config: Config) -> LeafStore | None:
+    interception = config.interception
+    if interception is None:
+        return None
+    ca = CertificateAuthority.from_pem(interception.ca_cert.reveal(), interception.ca_key.reveal())
+    exact = [
+        normalize_host(
+            rc.match.host.rpartition(":")[0] if _has_port(rc.match.host) else rc.match.host
+        )
+        for rc in config.routes
+        if rc.intercept and rc.match.host and not rc.match.host.startswith("*.")
+    ]
+    return LeafStore(
+        ca,
+        validity_days=interception.leaf_validity_days,
+        exact_hosts=exact,
+        max_cached=interception.max_cached_leaves,
+    )
+
+
+def _has_port(host: str) -> bool:
+    return ":" in host and not host.endswith("]")
 
 
 class ProxyHandler:
@@ -92,13 +123,19 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
+        self.tunnels = TunnelManager(TunnelMetrics(metrics.registry))
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
+        tunnel = self.tunnels.of(request)
+        if request.method == "CONNECT" and tunnel is None:
+            return await self._connect(request, runtime)
         exchange = Exchange(request.method, request.path, time.perf_counter())
         self.metrics.in_flight += 1
+        if tunnel is not None:
+            tunnel.in_flight += 1
         try:
-            return await self._handle(request, runtime, exchange)
+            return await self._handle(request, runtime, exchange, tunnel)
         except ProxyError as err:
             if exchange.response_started:  # cannot happen by design; never send a second head
                 return _cut(request, exchange, err.code)
@@ -119,6 +156,13 @@ class ProxyHandler:
             return self._last_resort(request, exchange, err)
         finally:
             self.metrics.in_flight -= 1
+            if tunnel is not None:
+                tunnel.in_flight -= 1
+                tunnel.requests += 1
+                tunnel.bytes_in += exchange.bytes_in
+                tunnel.bytes_out += exchange.bytes_out
+                if tunnel.connection is not None:
+                    tunnel.connection.request_done()
             if not exchange.status:  # the client left before any answer
                 exchange.status = CLIENT_CLOSED_STATUS
             if exchange.upstream_date and exchange.route:
@@ -127,13 +171,36 @@ class ProxyHandler:
             self.metrics.observe(exchange, duration)
             self._access_log(exchange, duration)
 
+    async def _connect(self, request: web.BaseRequest, runtime: Runtime) -> web.StreamResponse:
+        """A CONNECT: a tunnel whose requests are signed (`proxy.tunnel`), or a refusal that
+        names its target in the access log. An accepted CONNECT is not an access-log request:
+        its tunnel logs one line when it closes."""
+        try:
+            plan = plan_connect(request, runtime, self.tunnels.open_count)
+        except ProxyError as err:
+            exchange = Exchange("CONNECT", request.raw_path, time.perf_counter())
+            exchange.status, exchange.error = err.status, err.code
+            self.metrics.observe(exchange, time.perf_counter() - exchange.started)
+            self._access_log(exchange, time.perf_counter() - exchange.started)
+            response = error_response(err.status, err.code, err.message, None, err.headers)
+            response.force_close()
+            return response
+        return await self.tunnels.open(request, plan, runtime)
+
     async def _handle(
-        self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        exchange: Exchange,
+        tunnel: Tunnel | None = None,
     ) -> web.StreamResponse:
-        admit(request, runtime)
+        admit(request, runtime, tunneled=tunnel is not None)
         target = request_target(request)
         exchange.path = target.path
-        match = find_route(runtime.table, target, request)
+        if tunnel is None:
+            match = find_route(runtime.table, target, request)
+        else:
+            match = tunnel.route_request(runtime, target, request.headers.get("Host"))
         route = match.route
         exchange.route = route.name
         take_slot(route)
@@ -229,12 +296,13 @@ class ProxyHandler:
         )
 
 
-def admit(request: web.BaseRequest, runtime: Runtime) -> None:
-    """Refuse, before any route is looked at, what the proxy never forwards."""
-    if runtime.access is not None:
+def admit(request: web.BaseRequest, runtime: Runtime, *, tunneled: bool = False) -> None:
+    """Refuse, before any route is looked at, what the proxy never forwards. A request inside
+    a tunnel was admitted with its CONNECT (`proxy.tunnel`)."""
+    if runtime.access is not None and not tunneled:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
-    if request.method == "CONNECT":
-        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE)
+    if request.method == "CONNECT":  # only reached inside a tunnel
+        raise ProxyError(405, "connect_not_supported", _CONNECT_IN_TUNNEL, close=True)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
