@@ -24,9 +24,11 @@ from prometheus_client import Gauge
 
 from proxy.access import is_loopback
 from proxy.admin import make_admin_app
+from proxy.aiohttp_internals import check_tunnel_hooks
 from proxy.app import ProxyHandler, Runtime
 from proxy.config import Config, ConfigError, load_config, parse_host_port
 from proxy.forward import Forwarder
+from proxy.interception.leaves import normalize_host
 from proxy.logs import access_log, get_logger, on_parser_refusal
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, watched_files
@@ -114,6 +116,7 @@ class ProxyServer:
         return not self.draining and self.runtime.is_ready()
 
     async def start(self) -> None:
+        check_tunnel_hooks()  # an aiohttp that moved them fails here, not on the first CONNECT
         await self.forwarder.start()
         for route in self.runtime.table.routes:
             await route.signer.start()
@@ -145,6 +148,7 @@ class ProxyServer:
             site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.worker)
             await site.start()
         self.reload_metrics.loaded(reloaded=False)
+        self._interception_gauges(self.runtime)
         if self.config_path is not None:
             paths = watched_files(self.runtime.config, self.config_path)
             self._watcher = ConfigWatcher(
@@ -190,6 +194,7 @@ class ProxyServer:
             for route in runtime.table.routes:
                 await route.signer.start()
             old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+            self._interception_gauges(runtime)
             self._warn_on_restart_settings(old.config, config)
             if self._watcher is not None:
                 self._watcher.watch(watched_files(config, self.config_path))
@@ -219,8 +224,24 @@ class ProxyServer:
                     message=f"a change of {key} takes effect on restart only",
                 )
 
+    def _interception_gauges(self, runtime: Runtime) -> None:
+        """The CA's expiry, and each exact intercepted host's leaf (minted at this load)."""
+        leaves = runtime.leaves
+        if leaves is None:
+            return
+        metrics = self.handler.tunnels.metrics
+        metrics.ca_expiry.set(leaves.ca.not_after.timestamp())
+        for route in runtime.table.routes:
+            if route.config.intercept and route.host and not route.wildcard:
+                expiry = leaves.not_after(normalize_host(route.host))
+                if expiry is not None:
+                    metrics.leaf_expiry.labels(route.name).set(expiry)
+
     async def stop(self) -> None:
         self.draining = True
+        # Tunnels: idle ones close now, busy ones once their request is answered (the TLS
+        # close bounded to ~2 s); the runner's shutdown below waits for them with the rest.
+        self.handler.tunnels.drain()
         for task in list(self._tasks):
             task.cancel()
         if self._watcher is not None:
