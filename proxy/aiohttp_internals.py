@@ -18,6 +18,9 @@ take a connection over from its request handler, so:
   `__call__` makes the request handler (the asyncio protocol) of a new connection: the
   tunnel's connection gets one as if it had just been accepted, with the same settings, and
   is counted among the server's connections (so a shutdown drains it like any other).
+- `end_connect_payload`: a refused CONNECT's connection closes once the refusal is sent. The
+  pure-Python parser reads whatever follows a CONNECT as its body, and aiohttp would wait up
+  to its lingering time (10 s) for that body to end before closing: it is ended here.
 - `set_keepalive_timeout`: the idle timeout of that handler (`_keepalive_timeout`); the
   tunnel's own idle timer must fire first, to log its reason.
 """
@@ -92,6 +95,12 @@ def connect_bytes_pending(request: web.BaseRequest) -> bool:
     if request.protocol is not None and request.protocol._message_tail:
         return True
     return bool(request.content.total_bytes)  # what the Python parser took as CONNECT's body
+
+
+def end_connect_payload(request: web.BaseRequest) -> None:
+    """Before a refused CONNECT's answer: nothing after it is read (no lingering close)."""
+    if not request.content.is_eof():
+        request.content.feed_eof()
 
 
 def server_of(request: web.BaseRequest) -> web.Server:

@@ -18,6 +18,7 @@ from typing import Final
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
+from proxy.aiohttp_internals import end_connect_payload
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
 from proxy.config import Config
@@ -145,6 +146,8 @@ class ProxyHandler:
             )
             if err.close:
                 response.force_close()
+                if request.method == "CONNECT":  # inside a tunnel
+                    end_connect_payload(request)
             return response
         except ResponseAborted as err:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
@@ -184,6 +187,7 @@ class ProxyHandler:
             self._access_log(exchange, time.perf_counter() - exchange.started)
             response = error_response(err.status, err.code, err.message, None, err.headers)
             response.force_close()
+            end_connect_payload(request)
             return response
         return await self.tunnels.open(request, plan, runtime)
 
