@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import subprocess
 import sys
@@ -181,6 +182,25 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 response = requests.request(method, proxy.url + path, data=body, timeout=10)
                 emitted.append((f"{method} {path} body", response.text))
                 emitted.append((f"{method} {path} headers", repr(dict(response.headers))))
+            # Through an intercepted tunnel (the CA key signs its leaf), and a client that
+            # refuses the leaf (a failed handshake is logged and counted).
+            session = requests.Session()
+            session.trust_env = False  # this machine's REQUESTS_CA_BUNDLE would override verify
+            tunneled = session.get(
+                "https://intercepted.test/x",
+                proxies={"https": proxy.url},
+                verify=str(tmp_path / "ca.crt"),
+                timeout=10,
+            )
+            assert tunneled.status_code == 200
+            emitted.append(("tunnel body", tunneled.text))
+            with contextlib.suppress(requests.exceptions.SSLError):
+                session.get(
+                    "https://intercepted.test/y",
+                    proxies={"https": proxy.url},
+                    verify=True,
+                    timeout=10,
+                )
             emitted.append(("metrics", requests.get(proxy.admin_url + "/metrics", timeout=5).text))
             for path in ("/healthz", "/readyz", "/config", "/"):
                 emitted.append((path, requests.get(proxy.admin_url + path, timeout=5).text))
