@@ -17,6 +17,7 @@ The proxy runs on uvloop with aiohttp's C parser, and (curl) with the pure-Pytho
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ import trustme
 from aiohttp import web
 
 from proxy.interception.ca import create_ca
-from tests.support import ProxyProcess, Upstream, running_proxy, running_upstream
+from tests.support import ProxyProcess, Seen, Upstream, running_proxy, running_upstream
 from tests.verifiers.devo import verify_devo
 
 HERE = Path(__file__).resolve().parent
@@ -94,15 +95,29 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with running_upstream(context) as upstream:
 
         async def verifying(request: web.BaseRequest) -> web.Response:
-            seen = await upstream.record(request)
-            body = seen.body or b""
+            body = b"".join([c async for c in request.content.iter_chunked(1 << 16)])  # whole
+            upstream.seen.append(
+                Seen(
+                    method=request.method,
+                    raw_path=request.raw_path,
+                    headers=dict(request.headers),
+                    header_items=list(request.headers.items()),
+                    body_len=len(body),
+                    body_sha256=hashlib.sha256(body).hexdigest(),
+                    body=body,
+                )
+            )
             ok = verify_devo(
                 request.headers, body, API_KEY, API_SECRET, now_ms=int(time.time() * 1000)
             )
             if request.path.endswith("/slow"):
                 await asyncio.sleep(1.5)
             return web.json_response(
-                {"verified": ok, "path": request.path, "body": body.decode()},
+                {
+                    "verified": ok,
+                    "path": request.path,
+                    "body": body[:4096].decode("utf-8", "replace"),
+                },
                 status=200 if ok else 401,
             )
 
@@ -433,3 +448,55 @@ def _exchange(sock: ssl.SSLSocket, method: str, path: str) -> tuple[int, bytes]:
     while len(body) < length:
         body += sock.recv(65536)
     return int(head.split(b" ")[1]), body
+
+
+def test_a_rotated_ca_is_picked_up_by_reload(setup: Setup, tmp_path: Path) -> None:
+    """The CA files are watched like any secret file: new tunnels get leaves from the new CA,
+    and the old CA is trusted no more."""
+    ca_dir = tmp_path / "ca"
+    create_ca(ca_dir)
+    config = json.loads(json.dumps(setup.config))
+    config["interception"] = {
+        "ca_cert": {"file": str(ca_dir / "ca.crt")},
+        "ca_key": {"file": str(ca_dir / "ca.key")},
+    }
+    old_ca = tmp_path / "old-ca.crt"
+    old_ca.write_bytes((ca_dir / "ca.crt").read_bytes())
+
+    def curl(ca_file: Path) -> int:
+        return subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "--proxy", proxy.url, "--cacert", str(ca_file),
+             "https://api.vendor.test/rotated"],
+            capture_output=True, env=_env(), timeout=30,
+        ).returncode  # fmt: skip
+
+    with running_proxy(config, tmp_path) as proxy:
+        assert curl(old_ca) == 0
+        create_ca(ca_dir, force=True)
+        deadline = time.monotonic() + 10
+        while not _events(proxy, "config_reloaded") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _events(proxy, "config_reloaded")
+        assert curl(ca_dir / "ca.crt") == 0
+        assert curl(old_ca) == 60  # the old CA's leaves are gone
+
+
+async def test_a_large_body_streams_through_an_intercepted_tunnel(
+    setup: Setup, c_proxy: ProxyProcess
+) -> None:
+    """Backpressure through TLS on both sides: 8 MiB up, verified by the upstream's digest."""
+    body = bytes(range(256)) * (8 * 4096)
+    context = ssl.create_default_context(cafile=str(setup.ca_file))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(
+            "https://api.vendor.test/large",
+            data=body,
+            proxy=c_proxy.url,
+            ssl=context,
+        ) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["verified"] is True
+    seen = setup.upstream.seen[-1]
+    assert (seen.body_len, seen.body_sha256) == (len(body), hashlib.sha256(body).hexdigest())
