@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
@@ -49,6 +49,9 @@ _CONNECT_IN_TUNNEL: Final = "a CONNECT inside a tunnel is refused"
 # The status of a request whose client went away before any answer (nginx's convention):
 # what the metrics and the access log count it as, never a status 0.
 CLIENT_CLOSED_STATUS: Final = 499
+# The status counted and logged for a request the shutdown cut before any answer: the server
+# was unavailable to it (nothing is sent; the connection closes).
+SHUTDOWN_CUT_STATUS: Final = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,11 @@ class ProxyHandler:
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
         self.tunnels = TunnelManager(TunnelMetrics(metrics.registry))
+        # The tasks of the requests in flight, so a shutdown can cut the ones still running at
+        # its deadline; and the error code a cancelled request is logged and counted under:
+        # the client went away, unless the server is cutting it (`ProxyServer.stop`).
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.cancelled_as = "client_closed"
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
@@ -132,6 +140,9 @@ class ProxyHandler:
         if request.method == "CONNECT" and tunnel is None:
             return await self._connect(request, runtime)
         exchange = Exchange(request.method, request.path, time.perf_counter())
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
         self.metrics.in_flight += 1
         if tunnel is not None:
             tunnel.in_flight += 1
@@ -153,11 +164,14 @@ class ProxyHandler:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
             return _cut(request, exchange, None)
         except asyncio.CancelledError:
-            exchange.error = exchange.error or "client_closed"
+            exchange.error = exchange.error or self.cancelled_as
+            if exchange.error == "shutdown" and not exchange.status:
+                exchange.status = SHUTDOWN_CUT_STATUS  # ours, not the client's (499)
             raise
         except Exception as err:
             return self._last_resort(request, exchange, err)
         finally:
+            self.in_flight.discard(task)
             self.metrics.in_flight -= 1
             if tunnel is not None:
                 tunnel.in_flight -= 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import tempfile
 from collections.abc import AsyncIterator
 from typing import IO, Final
@@ -20,8 +21,25 @@ from aiohttp import StreamReader, web
 
 from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
+from proxy.logs import get_logger
+
+log = get_logger("signing_proxy")
 
 WRITE_BATCH: Final = 1024 * 1024  # disk writes go to a thread in batches of this size
+# The spool directory is full (or a quota or file-size limit is reached).
+_NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def body_too_large(route: str, limit: int, setting: str) -> ProxyError:
+    """The 413 for a body over `limit`; its message and a log line name the route's setting
+    to raise (`max_body_bytes` or `max_spooled_body_bytes`)."""
+    log.warning("body_too_large", route=route, limit=limit, setting=f"routes[].{setting}")
+    return ProxyError(
+        413,
+        "body_too_large",
+        f"the request body is over {limit} bytes, this route's {setting}; "
+        f"raise {setting} on route {route!r} to accept it",
+    )
 
 
 class SpooledBody:
@@ -41,7 +59,17 @@ class SpooledBody:
     async def _flush(self) -> None:
         if self._pending:
             pending, self._pending = bytes(self._pending), bytearray()
-            await asyncio.to_thread(self._file.write, pending)
+            try:
+                await asyncio.to_thread(self._file.write, pending)
+            except OSError as err:
+                if err.errno not in _NO_ROOM:
+                    raise
+                raise ProxyError(
+                    507,
+                    "spool_full",
+                    "no room left to spool the request body to disk ($TMPDIR); the spool "
+                    "directory must hold max_spooled_body_bytes for each upload in flight",
+                ) from None
 
     async def finish(self) -> None:
         await self._flush()

@@ -13,11 +13,13 @@ from proxy.config import Config, describe_signer
 
 _EPILOG: Final = """\
 examples:
-  signing-proxy demo                                  try it: a demo config and a local echo server
-  signing-proxy check --config config/example.yaml    validate a config, list its routes
-  signing-proxy run --config config/example.yaml      serve on the config's listen address
-  signing-proxy run --config c.yaml --listen 0.0.0.0:8080 --log-format console
-  signing-proxy sign --config c.yaml -X POST -H 'Content-Type: application/json' \\
+  # from the repository's root; the credentials of config/example.yaml are dummies
+  signing-proxy demo                          # try it: a demo config and a local echo server
+  set -a; . config/example.env; set +a        # the example's dummy credentials, as env vars
+  signing-proxy check --config config/example.yaml    # validate a config, list its routes
+  signing-proxy run --config config/example.yaml      # serve on the config's listen address
+  signing-proxy run --config config/example.yaml --listen 127.0.0.1:18080 --log-format console
+  signing-proxy sign --config config/example.yaml -X POST -H 'Content-Type: application/json' \\
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         type=float,
         default=20.0,
-        help="seconds in-flight requests get to finish on SIGTERM/SIGINT (default 20)",
+        help="seconds in-flight requests get to finish on SIGTERM/SIGINT, after which they are "
+        "cut; the process exits within drain delay + this + 1 s (default 20)",
     )
     run.add_argument(
         "--workers",
@@ -81,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--at", help="signing time: epoch milliseconds or ISO 8601 UTC")
     sign.add_argument("--nonce", help="nonce (default: a random UUID4)")
     sign.add_argument("--json", action="store_true", help="print one JSON object")
+    sign.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show each step (hmac: every var, the message with non-printable bytes "
+        "escaped, the key's shape, every placement); never a secret",
+    )
     sign.add_argument("url", help="the URL the app would request")
 
     from proxy.interception.cacmd import add_ca_parser
@@ -91,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the proxy on a demo config in front of a local echo server"
     )
     demo.add_argument("--config", help="demo config (default: the bundled config/demo.yaml)")
+    demo.add_argument(
+        "--listen",
+        help="proxy address HOST:PORT (default: the config's, or a free port if it is taken; "
+        "port 0: a free port)",
+    )
+    demo.add_argument(
+        "--admin",
+        help="admin address HOST:PORT (default: the config's, or a free port if it is taken)",
+    )
     demo.add_argument(
         "--self-test",
         action="store_true",
@@ -119,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import run_demo
 
-        return run_demo(args.config, self_test=args.self_test)
+        return run_demo(args.config, self_test=args.self_test, listen=args.listen, admin=args.admin)
     raise AssertionError(args.command)
 
 
@@ -133,9 +151,15 @@ def config_schema_json() -> str:
 
 
 def _check(path: str) -> int:
+    from proxy.signers import PLUGIN_CLASSES, PLUGIN_ERRORS
+
+    for name, reason in PLUGIN_ERRORS.items():
+        print(f"warning: plugin scheme {name} not loaded: {reason}", file=sys.stderr)
     config = load_or_report(path)
     if config is None:
         return EXIT_CONFIG
+    if PLUGIN_CLASSES:
+        print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in PLUGIN_CLASSES))
     print(
         f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
     )
@@ -161,6 +185,10 @@ def _check(path: str) -> int:
             f"host certificates for {interception.leaf_validity_days} day(s)"
         )
     return 0
+
+
+def _plugin_source(cls: type) -> str:
+    return f"{getattr(cls, 'scheme', '?')} ({cls.__module__}.{cls.__qualname__})"
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -27,13 +27,16 @@ from yarl import URL
 from proxy.http import MANAGED_HEADERS, is_field_name
 from proxy.interception.config import InterceptionConfig, TunnelsConfig
 from proxy.secrets import SecretValue
-from proxy.signers import SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
+from proxy.signers.hmac.config import KEY_PATH_CTX
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_ADMIN: Final = "127.0.0.1:9090"
 DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_SPOOL_THRESHOLD_BYTES: Final = 1024 * 1024
+# A spooled body costs disk, not memory: room for S3's largest single PUT (5 GiB).
+DEFAULT_MAX_SPOOLED_BODY_BYTES: Final = 5 * 1024 * 1024 * 1024
 
 _ROUTE_NAME = re.compile(r"^[a-z0-9_-]+$")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -267,7 +270,15 @@ class RouteConfig(_Model):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         gt=0,
-        description="Largest body a scheme that reads the body accepts (413 above).",
+        description="Largest body a scheme that reads the body into memory accepts (413 "
+        "above). Set explicitly, it also caps spooled bodies.",
+    )
+    max_spooled_body_bytes: int = Field(
+        default=DEFAULT_MAX_SPOOLED_BODY_BYTES,
+        gt=0,
+        description="Largest body a scheme that hashes it incrementally (devo, devengo, "
+        "aws-sigv4 signed payloads) accepts; above spool_threshold_bytes it goes to $TMPDIR, "
+        "which must have room for it (413 above; default 5 GiB, S3's largest single PUT).",
     )
     spool_threshold_bytes: int = Field(
         default=DEFAULT_SPOOL_THRESHOLD_BYTES,
@@ -328,6 +339,22 @@ class RouteConfig(_Model):
         upstream_host = self.upstream_url.raw_host or ""
         object.__setattr__(self, "signer", self.signer.with_upstream_host(upstream_host))
         return self
+
+    def body_limit(self, *, spooled: bool) -> tuple[int, str]:
+        """The largest request body this route reads for signing, and the key that sets it.
+
+        A body held in memory is capped by `max_body_bytes`. A body the scheme can hash as it
+        arrives (and spool to disk) by `max_spooled_body_bytes`, and also by `max_body_bytes`
+        when the route sets that explicitly.
+        """
+        if not spooled:
+            return self.max_body_bytes, "max_body_bytes"
+        if (
+            "max_body_bytes" in self.model_fields_set
+            and self.max_body_bytes < self.max_spooled_body_bytes
+        ):
+            return self.max_body_bytes, "max_body_bytes"
+        return self.max_spooled_body_bytes, "max_spooled_body_bytes"
 
     @property
     def upstream_url(self) -> URL:
@@ -419,9 +446,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except YamlError as exc:
         problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in exc.problems]
         raise ConfigError(source, problems) from None
+    problems = [ConfigProblem(format_path(p.path), p.line, p.message) for p in doc.problems]
     if not isinstance(doc.data, dict):
-        raise ConfigError(source, [ConfigProblem("", 1, "the config must be a YAML mapping")])
-    problems = _duplicate_route_names(doc) + _intercept_problems(doc)
+        problems.append(ConfigProblem("", 1, "the config must be a YAML mapping"))
+        raise ConfigError(source, problems)
+    problems += _duplicate_route_names(doc) + _intercept_problems(doc)
     config = None
     try:
         config = Config.model_validate(doc.data)
@@ -500,6 +529,8 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
     # include_input=False: the input may be a secret literal.
     for error in exc.errors(include_input=False, include_url=False):
         path = _data_path(doc.data, error["loc"])
+        # A scheme may point below the field that failed (hmac: `after_sign.headers.X`).
+        path += tuple((error.get("ctx") or {}).get(KEY_PATH_CTX, ()))
         message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if error["type"] == "extra_forbidden":
             message = f"unknown key {path[-1]!r}"
@@ -507,7 +538,10 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
             message = f"{path[-1]} is required"
         elif error["type"] == "union_tag_invalid":
             known = ", ".join(SIGNERS)
-            message = f"unknown scheme {error['ctx']['tag']!r} (known: {known})"
+            tag = error["ctx"]["tag"]
+            message = f"unknown scheme {tag!r} (known: {known})"
+            if tag in PLUGIN_ERRORS:
+                message += f"; its plugin failed to load: {PLUGIN_ERRORS[tag]}"
         elif error["type"] == "union_tag_not_found":
             message = f"scheme is required (one of: {', '.join(SIGNERS)})"
         if error["type"] == "value_error" and "duplicate route name" in message:

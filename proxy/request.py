@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.body import SpooledBody
+from proxy.body import SpooledBody, body_too_large
 from proxy.config import RouteConfig
 from proxy.errors import ProxyError
 from proxy.forward import CHUNK_SIZE
@@ -118,15 +118,15 @@ class ReadBody:
 async def read_body(
     request: web.BaseRequest, route: RouteConfig, digest: BodyDigest | None
 ) -> ReadBody:
-    """The whole request body, refusing (413) anything over `max_body_bytes`.
+    """The whole request body, refusing (413) anything over the route's limit (`body_limit`).
 
     Past `spool_threshold_bytes`, when the scheme can hash incrementally (`digest`), the body
     goes to a temporary file while `digest` is fed, so memory stays flat whatever the size.
     """
-    limit = route.max_body_bytes
+    limit, setting = route.body_limit(spooled=digest is not None)
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise _too_large(limit)
+        raise body_too_large(route.name, limit, setting)
     await send_continue(request)
     if declared is not None and (digest is None or declared <= route.spool_threshold_bytes):
         return ReadBody(await _read_declared(request, declared))
@@ -137,7 +137,7 @@ async def read_body(
         async for chunk in request.content.iter_chunked(CHUNK_SIZE):
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise body_too_large(route.name, limit, setting)
             if spooled is not None:
                 digest.update(chunk)  # type: ignore[union-attr]
                 await spooled.write(chunk)
@@ -174,12 +174,6 @@ async def _read_declared(request: web.BaseRequest, length: int) -> bytes:
         raise ProxyError(400, "invalid_body", message) from None
     except (HttpProcessingError, web.RequestPayloadError) as err:
         raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
-
-
-def _too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413, "body_too_large", f"the request body is over this route's max_body_bytes ({limit})"
-    )
 
 
 async def send_continue(request: web.BaseRequest) -> None:

@@ -8,7 +8,9 @@ the old one keeps serving.
 Drain (SIGTERM, as Kubernetes sends it): `/readyz` fails at once so the endpoint is taken out of
 rotation, new connections are still accepted for `drain_delay` seconds (endpoint removal takes a
 moment to reach every node), then the listener closes and in-flight requests get
-`shutdown_timeout` seconds to finish. SIGINT skips the delay (a person pressed Ctrl-C).
+`shutdown_timeout` seconds to finish; those still running then are cut. SIGINT skips the delay
+(a person pressed Ctrl-C). From the signal to the process's exit: at most `drain_delay` +
+`shutdown_timeout` + `signals.STOP_MARGIN_SECONDS`, which is what a pod's grace period must cover.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ from proxy.interception.leaves import normalize_host
 from proxy.logs import access_log, get_logger, on_parser_refusal
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, watched_files
-from proxy.signals import StopSignals
+from proxy.signals import (
+    CLOSE_WAIT_SECONDS,
+    CUT_WAIT_SECONDS,
+    StopSignals,
+)
+from proxy.threads import DaemonThreadPool
 
 log = get_logger("signing_proxy")
 
@@ -107,6 +114,7 @@ class ProxyServer:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unhook_parser_refusals: Callable[[], None] | None = None
+        self._web_server: web.Server | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -133,13 +141,19 @@ class ProxyServer:
             max_field_size=limits.max_field_bytes,
             max_headers=limits.max_headers,
         )
-        proxy_runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout)
+        self._web_server = server
+        # stop() waits for the requests itself, within shutdown_timeout: by the time the runner
+        # cleans up, nothing is in flight. Its own wait would come twice (once for the handlers,
+        # again after cancelling them), doubling the bound.
+        proxy_runner = web.ServerRunner(server, shutdown_timeout=CLOSE_WAIT_SECONDS)
         sites: list[tuple[web.BaseRunner, str]] = [(proxy_runner, self.listen)]
         if self.worker:
             self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
         else:
             admin_app = make_admin_app(self.metrics.registry, self.is_ready, self.metrics.sync)
-            admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
+            admin_runner = web.AppRunner(
+                admin_app, access_log=None, shutdown_timeout=CLOSE_WAIT_SECONDS
+            )
             sites.append((admin_runner, self.admin))
         for runner, address in sites:
             await runner.setup()
@@ -238,6 +252,11 @@ class ProxyServer:
                     metrics.leaf_expiry.labels(route.name).set(expiry)
 
     async def stop(self) -> None:
+        """Close the listener, give in-flight requests `shutdown_timeout` seconds, cut the ones
+        still running (logged and counted as `shutdown`), close everything. Returns within
+        `shutdown_timeout` + `signals.STOP_MARGIN_SECONDS`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
         self.draining = True
         # Tunnels: idle ones close now, busy ones once their request is answered (the TLS
         # close bounded to ~2 s); the runner's shutdown below waits for them with the rest.
@@ -246,7 +265,14 @@ class ProxyServer:
             task.cancel()
         if self._watcher is not None:
             await self._watcher.stop()
-        for runner in self._runners:  # the proxy first: it waits for in-flight requests
+        if self._runners:
+            for site in list(self._runners[0].sites):  # the proxy's listener: nothing new
+                await site.stop()
+            if self._web_server is not None:
+                # Idle keep-alive connections close now, busy ones after their request.
+                self._web_server.pre_shutdown()
+            await self._finish_in_flight(deadline)
+        for runner in self._runners:  # the proxy first; nothing of it is in flight any more
             await runner.cleanup()
         self._runners.clear()
         if self._unhook_parser_refusals is not None:
@@ -258,12 +284,35 @@ class ProxyServer:
         self.metrics.sync()  # a worker's last requests reach the supervisor's scrape
         access_log.flush()  # the last turn's lines, before the "stopped" line
 
+    async def _finish_in_flight(self, deadline: float) -> None:
+        """Wait until no request is in flight or the deadline passes; then cut the rest."""
+        loop = asyncio.get_running_loop()
+        in_flight = self.handler.in_flight
+        while in_flight and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(in_flight), timeout=remaining)
+        if not in_flight:
+            return
+        cut = set(in_flight)
+        log.warning(
+            "shutdown_cut_requests",
+            requests=len(cut),
+            shutdown_timeout=self.shutdown_timeout,
+            message="requests still running at the shutdown deadline are cut",
+        )
+        self.handler.cancelled_as = "shutdown"
+        for task in cut:
+            task.cancel()
+        await asyncio.wait(cut, timeout=CUT_WAIT_SECONDS)
+
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
 
     async def run_until_signalled(self, on_ready: Callable[[], Any] | None = None) -> None:
+        # Threads left in a blocking call (a credential fetch, a DNS lookup) must not hold the
+        # process after `stopped`: see proxy/threads.py.
+        asyncio.get_running_loop().set_default_executor(DaemonThreadPool())
         with StopSignals(on_hangup=lambda: self._spawn(self.reload("SIGHUP"))) as signals:
             try:
                 await self.start()

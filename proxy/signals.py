@@ -2,6 +2,10 @@
 
 SIGTERM (what Kubernetes sends) asks for a drain, SIGINT (a person's Ctrl-C) for a stop without
 the drain delay, SIGHUP for a reload.
+
+The stop's promise, which a pod's grace period is sized by: from SIGTERM to the process's exit
+takes at most the drain delay + the shutdown timeout + `STOP_MARGIN_SECONDS`, whatever is in
+flight (requests still running at the deadline are cut), in one process or with `--workers`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,13 @@ import contextlib
 import signal
 from collections.abc import Callable
 from types import TracebackType
+from typing import Final
+
+# After the shutdown deadline: time for the cut requests to write their log lines and for the
+# connections and sessions to close.
+STOP_MARGIN_SECONDS: Final = 1.0
+CUT_WAIT_SECONDS: Final = 0.5  # for the cancelled requests to finish (within the margin)
+CLOSE_WAIT_SECONDS: Final = 0.1  # aiohttp's wait per connection once nothing is in flight
 
 
 class StopSignals:

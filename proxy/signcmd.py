@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from multidict import CIMultiDict
@@ -24,7 +24,14 @@ from proxy.command import EXIT_CONFIG, load_or_report
 from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
-from proxy.signers import Signer, SignerConfig, SigningContext, SigningRefused, SignResult
+from proxy.signers import (
+    Signer,
+    SignerConfig,
+    SigningContext,
+    SigningRefused,
+    SignResult,
+    UpstreamRequest,
+)
 
 EXIT_USAGE = 1
 
@@ -36,7 +43,7 @@ def sign_command(args: argparse.Namespace) -> int:
     try:
         ctx = SigningContext(
             now_ms=parse_time(args.at) if args.at else SigningContext.now().now_ms,
-            nonce=args.nonce or SigningContext.now().nonce,
+            nonce=args.nonce,  # None: each use draws its own
         )
         headers = parse_headers(args.header)
         body = read_data(args.data, args.data_binary)
@@ -54,18 +61,48 @@ def sign_command(args: argparse.Namespace) -> int:
     upstream = prepare_upstream(
         match, method, query, headers, (body or b"") if needs_body else None
     )
+    explanation: dict[str, object] | None = None
     try:
-        result = route.signer.sign(upstream, ctx)
-    except (SigningRefused, ValueError) as err:
+        if args.explain and isinstance(route.signer, ExplainingSigner):
+            result, explained = route.signer.explain(upstream, ctx)
+            explanation = explained.as_dict()
+        else:
+            result = route.signer.sign(upstream, ctx)
+    except (ValueError, SigningRefused) as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
     sent_body = result.request.body if result.request.body is not None else body
     redact = _redactor(route.config.signer, route.signer)
+    if args.explain and explanation is None:
+        explanation = {"note": f"scheme {route.signer.scheme} has no step-by-step explanation"}
     if args.json:
-        print(_as_json(result, sent_body, redact))
+        print(_as_json(result, sent_body, redact, explanation))
     else:
-        print(redact(_as_text(route.name, result, sent_body)))
+        text = _as_text(route.name, result, sent_body)
+        if explanation is not None:
+            text += "\n" + _explanation_text(explanation)
+        print(redact(text))
     return 0
+
+
+@runtime_checkable
+class ExplainingSigner(Protocol):
+    """A scheme that can say how it signed, step by step (`sign --explain`): `hmac`."""
+
+    def explain(self, request: UpstreamRequest, ctx: SigningContext) -> tuple[SignResult, Any]: ...
+
+
+def _explanation_text(explanation: dict[str, object]) -> str:
+    lines = ["", "== explain =="]
+    for key, value in explanation.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {name} = {item}" for name, item in value.items()] or ["  (none)"]
+        elif isinstance(value, list):
+            lines.append(f"{key}: {', '.join(map(str, value)) or '(none)'}")
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
 
 
 def parse_time(text: str) -> int:
@@ -140,7 +177,12 @@ def _origin_form(url: str) -> str:
     return path if path.startswith("/") else "/" + path
 
 
-def _as_json(result: SignResult, body: bytes | None, redact: Callable[[str], str]) -> str:
+def _as_json(
+    result: SignResult,
+    body: bytes | None,
+    redact: Callable[[str], str],
+    explanation: dict[str, object] | None = None,
+) -> str:
     request = result.request
     headers: dict[str, str] = {}
     for key, value in request.headers.items():
@@ -154,6 +196,8 @@ def _as_json(result: SignResult, body: bytes | None, redact: Callable[[str], str
         "string_to_sign": redact(result.string_to_sign),
         **{key: redact(value) for key, value in result.details.items()},
     }
+    if explanation is not None:
+        document["explain"] = orjson.loads(redact(orjson.dumps(explanation).decode()))
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
 
 

@@ -29,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from proxy.admin import make_admin_app
 from proxy.config import parse_host_port
 from proxy.logs import get_logger
-from proxy.signals import StopSignals
+from proxy.signals import CLOSE_WAIT_SECONDS, STOP_MARGIN_SECONDS, StopSignals
 
 log = get_logger("signing_proxy")
 
@@ -121,7 +121,11 @@ class Supervisor:
                     process.send_signal(signum)
 
     async def run(self, on_ready: Callable[[], object] | None = None) -> int:
-        runner = web.AppRunner(make_admin_app(self.registry, self.is_ready), access_log=None)
+        runner = web.AppRunner(
+            make_admin_app(self.registry, self.is_ready),
+            access_log=None,
+            shutdown_timeout=CLOSE_WAIT_SECONDS,
+        )
         with StopSignals(on_hangup=lambda: self._signal_workers(signal.SIGHUP)) as signals:
             try:
                 await runner.setup()
@@ -150,7 +154,10 @@ class Supervisor:
     async def _stop_workers(self) -> int:
         self.stopping = True
         self._signal_workers(signal.SIGTERM)
-        deadline = time.monotonic() + self.shutdown_timeout + 5
+        # A worker exits within its timeout plus a moment (ProxyServer.stop); one that does not
+        # is killed at half the margin, which leaves the other half for this process to close:
+        # the whole stop keeps the bound the pod's grace period is sized for.
+        deadline = time.monotonic() + self.shutdown_timeout + STOP_MARGIN_SECONDS / 2
         codes = []
         for process in self.processes.values():
             try:

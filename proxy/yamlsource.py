@@ -2,7 +2,10 @@
 
 PyYAML's own loader forgets positions and silently keeps the last of two duplicate keys (a
 classic source of "my change did nothing"); this one keeps the position of every node and
-reports duplicates.
+reports duplicates. A duplicate (or a key that is not a scalar) is a problem of the document,
+not a reason to stop reading it: the first occurrence is kept and the caller reports these
+problems together with everything else wrong in the file. Only YAML that cannot be parsed
+raises.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class YamlError(Exception):
 class YamlDocument:
     data: Any
     lines: dict[Path, int]
+    problems: tuple[YamlProblem, ...] = ()  # duplicate or non-scalar keys (first one kept)
 
     def line_of(self, path: Path) -> int:
         """The line of the deepest node along `path` that exists (1-based; 1 if unknown)."""
@@ -57,9 +61,7 @@ def load_yaml(text: str) -> YamlDocument:
         lines: dict[Path, int] = {}
         problems: list[YamlProblem] = []
         data = _build(loader, root, (), lines, problems)
-        if problems:
-            raise YamlError(problems)
-        return YamlDocument(data=data, lines=lines)
+        return YamlDocument(data=data, lines=lines, problems=tuple(problems))
     finally:
         loader.dispose()
 

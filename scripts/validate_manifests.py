@@ -215,8 +215,8 @@ def check_lifecycle(
     delay = float(arg_value(c, "--drain-delay") or 3)  # the program's defaults: 3 s, 20 s
     timeout = float(arg_value(c, "--shutdown-timeout") or 20)
     report.check(
-        delay + timeout < grace,
-        f"{who}: --drain-delay {delay:g} + --shutdown-timeout {timeout:g} < grace {grace}",
+        delay + timeout + 1 < grace,  # the proxy exits within their sum + 1 s of SIGTERM
+        f"{who}: --drain-delay {delay:g} + --shutdown-timeout {timeout:g} + 1 < grace {grace}",
     )
     # A sidecar's signing port is for its own pod only.
     others = [x for x in spec.get("containers") or [] if x.get("command", [])[:3] != PROXY_COMMAND]

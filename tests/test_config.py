@@ -397,7 +397,14 @@ def test_schema_is_current() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "example.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo.yaml",
+        "example.yaml",
+        *sorted(f"hmac/{p.name}" for p in (REPO / "config/hmac").glob("*.yaml")),
+    ],
+)
 def test_bundled_configs_follow_the_schema(name: str) -> None:
     path = REPO / "config" / name
     if not path.exists():

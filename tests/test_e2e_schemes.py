@@ -1,5 +1,5 @@
 """Each vendor scheme end to end: curl -> `signing-proxy run` -> an upstream that verifies the
-signature with the independent verifiers in tests/verifiers (written from SIGNING.md, not from
+signature with the independent verifiers in tests/verifiers (written from docs/schemes.md, not from
 the signers). A route with a wrong secret proves the verifiers can say no."""
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ SECRETS = {
     "LEAK_DEVO_SECRET": "leak-devo-secret-Hh27Wm",
     "LEAK_DR_SECRET": "leak-devresults-secret-Pp90",
     "LEAK_HEADER": "leak-header-value-Ka44",
+    "LEAK_HMAC_SECRET": "leak-hmac-secret-Rr55",
     "LEAK_HMAC_KEY": "leak-rfc9421-hmac-key-Vv31",
 }
 # A private key (RFC 9421 route): its PEM lines must never appear, whole or in part.
@@ -116,6 +117,24 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                 },
             },
             {
+                "name": "hmac",
+                "match": {"path_prefix": "/hmac"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "hmac",
+                    "key_id": "public-hmac-key-id",
+                    "secret": {"env": "LEAK_HMAC_SECRET"},
+                    "vars": {"ts": {"now": "epoch_ms"}, "n": {"random": "hex16"}},
+                    "before_sign": {"form": {"nonce": "{n}"}},
+                    "sign": {
+                        "algorithm": "hmac-sha256",
+                        "key": "{secret}&{key_id}",
+                        "message": "{method}{path}{ts}{body}",
+                    },
+                    "after_sign": {"headers": {"Authorization": "HMAC {key_id}:{signature}"}},
+                },
+            },
+            {
                 "name": "header",
                 "match": {"path_prefix": "/dead"},
                 "upstream": f"http://127.0.0.1:{free_port()}",
@@ -172,6 +191,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("POST", "/devo/x", b'{"a": 1}'),
                 ("POST", "/devo/x", b"x" * 200),  # 413
                 ("GET", "/dr/x?t=stale&s=stale", None),
+                ("POST", "/hmac/x", b"a=1"),  # not a form: refused
+                ("GET", "/hmac/x?q=1", None),
                 ("GET", "/dead/x", None),  # 502
                 ("GET", "/nowhere", None),  # 403
                 ("GET", "/bearer/../x", None),  # 400 (requests keeps it raw)
@@ -222,6 +243,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/devo/x"],
             ["sign", "--config", str(config_path), "http://h/dr/x?a=1"],
             ["sign", "--config", str(config_path), "--route", "header", "http://h/y"],
+            ["sign", "--config", str(config_path), "--explain", "http://h/hmac/x?a=1"],
+            ["sign", "--config", str(config_path), "--explain", "--json", "http://h/hmac/x"],
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/rfc9421/x"],
             ["sign", "--config", str(config_path), "-H", "X-Required: 1", "http://h/hmac9421/x"],
         ):

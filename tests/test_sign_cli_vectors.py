@@ -137,7 +137,7 @@ def _headers_match(
 def test_devresults_vector_via_cli(vector: dict[str, Any], tmp_path: Path) -> None:
     out = _sign("devresults", vector, tmp_path)
     expected = vector["expected"]
-    if expected is None:  # SIGNING.md: forward unchanged, sign as `flag=`
+    if expected is None:  # docs/schemes.md#devresults: forward unchanged, sign as `flag=`
         assert out["url"].startswith(vector["url"].split("?")[0])
         return
     assert out["string_to_sign"] == expected["string_to_sign"]

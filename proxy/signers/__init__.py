@@ -27,8 +27,10 @@ from proxy.signers.devengo import DevengoSigner
 from proxy.signers.devo import DevoSigner, DevoTokenSigner
 from proxy.signers.devresults import DevResultsSigner
 from proxy.signers.header import HeaderSigner
+from proxy.signers.hmac import HmacSigner
 from proxy.signers.http_message_signatures import HttpMessageSignaturesSigner
 from proxy.signers.jscrambler import JscramblerSigner
+from proxy.signers.plugins import load_plugins
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
 SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
@@ -42,8 +44,14 @@ SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
     AwsSigV4Signer,
     HttpMessageSignaturesSigner,
     CavageSigner,
+    HmacSigner,
     # -- registry end --
 )
+
+BUILTIN_SCHEMES: frozenset[str] = frozenset(cls.scheme for cls in SIGNER_CLASSES)
+# Installed packages' schemes (entry-point group `signing_proxy.schemes`), after the built-ins.
+PLUGIN_CLASSES, PLUGIN_ERRORS = load_plugins(set(BUILTIN_SCHEMES))
+SIGNER_CLASSES += tuple(PLUGIN_CLASSES)
 
 SIGNERS: dict[str, type[Signer[Any]]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
 
@@ -65,6 +73,8 @@ def build_signer(
 
 
 __all__ = [
+    "PLUGIN_CLASSES",
+    "PLUGIN_ERRORS",
     "SIGNERS",
     "AnySignerConfig",
     "BodyDigest",

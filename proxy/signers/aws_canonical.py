@@ -1,4 +1,4 @@
-"""AWS Signature Version 4's canonical form, step by step (SIGNING.md section (e)).
+"""AWS Signature Version 4's canonical form, step by step (docs/schemes.md#aws-signature-version-4).
 
 Small pure functions, one per step, in the order AWS describes them: `canonical_uri`,
 `canonical_query`, `canonical_headers`, `signed_headers`, `payload_hash`, `canonical_request`,

@@ -1,4 +1,5 @@
-"""`aws-sigv4`: AWS Signature Version 4 (SIGNING.md section (e)), written from the AWS spec.
+"""`aws-sigv4`: AWS Signature Version 4, written from the AWS spec
+(docs/schemes.md#aws-signature-version-4).
 
 The canonical form is built by small pure steps in `aws_canonical.py`, one function each;
 `AwsSigV4Signer.sign()` chains them. All state it uses is local to the call, and the

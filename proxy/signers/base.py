@@ -183,11 +183,14 @@ class SigningContext:
     some schemes use one.
     """
 
-    __slots__ = ("_nonce", "now_ms")
+    __slots__ = ("_nonce", "fixed_nonce", "now_ms")
 
     def __init__(self, now_ms: int, nonce: str | None = None) -> None:
         self.now_ms = now_ms
         self._nonce = nonce
+        # The nonce given by the caller (`sign --nonce`), None when each use may draw its own:
+        # a scheme with several random values uses this one for all of them.
+        self.fixed_nonce = nonce
 
     @classmethod
     def now(cls) -> SigningContext:

@@ -1,4 +1,4 @@
-"""`devengo`: Devengo's API key signature, SIGNING.md section (d).
+"""`devengo`: Devengo's API key signature, docs/schemes.md#devengo.
 
 `HMAC-SHA256(secret, [strict_base64(body)] + nonce + timestamp + api_key_id)`, base64-encoded,
 sent with the nonce, timestamp and key id as four `X-Devengo-Api-Key-*` headers. The app's own

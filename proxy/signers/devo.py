@@ -1,4 +1,4 @@
-"""`devo` and `devo-token`: Devo's API authentication, SIGNING.md section (b).
+"""`devo` and `devo-token`: Devo's API authentication, docs/schemes.md#devo.
 
 `devo` signs `HMAC-SHA256(api_secret, api_key || body || timestamp)` over the raw body bytes and
 sends the key, timestamp and signature as `x-logtrust-*` headers; the key header depends on the

@@ -1,4 +1,4 @@
-"""`devresults`: DevResults' query-string HMAC (`t`, `ms`, `s`), SIGNING.md section (a).
+"""`devresults`: DevResults' query-string HMAC (`t`, `ms`, `s`), docs/schemes.md#devresults.
 
 DevResults is an ASP.NET application, so the query is read the way its server reads it
 (`HttpUtility.ParseQueryString` into a case-insensitive collection, sorted OrdinalIgnoreCase):

@@ -1,4 +1,4 @@
-"""`jscrambler`: Jscrambler API v3 HMAC (SIGNING.md section c).
+"""`jscrambler`: Jscrambler API v3 HMAC (docs/schemes.md#jscrambler).
 
 The credentials travel as request parameters beside the app's own, and the signature covers
 every parameter. So the signer decodes the app's parameters exactly as the vendor's Node server

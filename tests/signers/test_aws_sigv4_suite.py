@@ -53,7 +53,7 @@ SKIPPED = {
     ),
     "post-sts-header-after": (
         "adds X-Amz-Security-Token after signing, unsigned; the proxy always signs the token "
-        "(SIGNING.md (e)); the signed form is case post-sts-header-before"
+        "(docs/schemes.md#aws-signature-version-4); the signed form is case post-sts-header-before"
     ),
 }
 

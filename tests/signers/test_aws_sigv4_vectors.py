@@ -28,7 +28,7 @@ MASK = "**********"
 
 
 def test_published_vector_count() -> None:
-    assert len(VECTORS) == 9  # SIGNING.md section 6
+    assert len(VECTORS) == 9  # docs/schemes.md#vector-files
 
 
 def ctx_of(vector: dict[str, Any]) -> SigningContext:

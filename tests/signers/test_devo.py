@@ -1,5 +1,5 @@
-"""Devo (`devo`, `devo-token`): the golden vectors, SIGNING.md (b)'s rules, and properties checked
-against the independent verifier in `tests/verifiers/devo.py`."""
+"""Devo (`devo`, `devo-token`): the golden vectors, the rules of docs/schemes.md#devo, and
+properties checked against the independent verifier in `tests/verifiers/devo.py`."""
 
 from __future__ import annotations
 

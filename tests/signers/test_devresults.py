@@ -1,5 +1,5 @@
-"""DevResults: the golden vectors, the parsing rules of SIGNING.md (a), and properties checked
-against the independent verifier in `tests/verifiers/devresults.py`."""
+"""DevResults: the golden vectors, the parsing rules of docs/schemes.md#devresults, and
+properties checked against the independent verifier in `tests/verifiers/devresults.py`."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_vector(vector: dict[str, Any]) -> None:
     assert verify_devresults(result.request.query, creds["token"], creds["secret"])
     assert (result.request.method, result.request.path) == (request.method, request.path)
     assert result.request.headers == request.headers
-    if expected is None:  # undetermined server behaviour: SIGNING.md's recommendation
+    if expected is None:  # unknown server behaviour: the choice in docs/schemes.md#devresults
         assert result.request.url.startswith(vector["url"].rstrip("?&"))
         return
     assert result.string_to_sign == expected["string_to_sign"]

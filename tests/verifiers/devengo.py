@@ -1,4 +1,4 @@
-"""An independent Devengo verifier, written from SIGNING.md (d) without the proxy's code.
+"""An independent Devengo verifier, written from docs/schemes.md#devengo without the proxy's code.
 
 The server recomputes `base64(HMAC-SHA256(secret, [base64(body)] + nonce + timestamp + key id))`
 from the four `X-Devengo-Api-Key-*` headers and the body bytes it received. Each of the four

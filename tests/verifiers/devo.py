@@ -1,4 +1,4 @@
-"""An independent Devo verifier, written from SIGNING.md (b) without the proxy's code.
+"""An independent Devo verifier, written from docs/schemes.md#devo without the proxy's code.
 
 Stricter than Devo on one point: any Devo credential header beyond the expected ones (a second
 key header, a duplicate, a `standAloneToken`) fails verification. Which one Devo would honour is

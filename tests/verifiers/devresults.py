@@ -1,4 +1,5 @@
-"""An independent DevResults verifier, written from SIGNING.md (a) without the proxy's code.
+"""An independent DevResults verifier, written from docs/schemes.md#devresults without the
+proxy's code.
 
 It checks a request the way the ASP.NET server reads it: the query parsed into a case-insensitive
 collection (repeated names joined with `,`), `s` taken out, the rest sorted OrdinalIgnoreCase and

@@ -1,4 +1,5 @@
-"""An independent Jscrambler v3 verifier, written from SIGNING.md (c) without the proxy's code.
+"""An independent Jscrambler v3 verifier, written from docs/schemes.md#jscrambler without the
+proxy's code.
 
 It reads a request the way the vendor's Node server does: the query (GET/DELETE) or the form
 body (POST) decoded like `querystring.parse` / a multipart form, every parameter but `signature`

@@ -137,9 +137,10 @@ or room for spool.concurrentBodies bodies of spool.maxBodyBytes plus 16 MiB, in 
 {{- if and $v.existingSecret $v.secret.create -}}
 {{- fail "set existingSecret or secret.create, not both" -}}
 {{- end -}}
-{{- $drain := addf (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds -}}
+{{- /* The proxy exits within drain delay + shutdown timeout + 1 s of SIGTERM (proxy/signals.py). */ -}}
+{{- $drain := addf (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds 1 -}}
 {{- if ge $drain (float64 $v.terminationGracePeriodSeconds) -}}
-{{- fail (printf "proxy.drainDelaySeconds (%s) + proxy.shutdownTimeoutSeconds (%v) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
+{{- fail (printf "proxy.drainDelaySeconds (%s) + proxy.shutdownTimeoutSeconds (%v) + 1 s (the proxy exits within their sum + 1 s) must be below terminationGracePeriodSeconds (%v), or Kubernetes kills the proxy mid-drain" (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds $v.terminationGracePeriodSeconds) -}}
 {{- end -}}
 {{- if not (kindIs "invalid" $v.tmpVolume.sizeLimit) -}}
 {{- $limit := include "signing-proxy.quantityBytes" (dict "value" $v.tmpVolume.sizeLimit "what" "tmpVolume.sizeLimit") | int64 -}}
