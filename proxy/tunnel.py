@@ -26,24 +26,27 @@ import ipaddress
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
+from proxy.access import AccessPolicy
 from proxy.aiohttp_internals import (
     connect_bytes_pending,
     server_of,
     set_keepalive_timeout,
 )
+from proxy.config import Config
 from proxy.errors import ProxyError
 from proxy.interception.config import TunnelsConfig
-from proxy.interception.leaves import SNI_REFUSED_REASON
+from proxy.interception.leaves import SNI_REFUSED_REASON, LeafStore
 from proxy.logs import get_logger
 from proxy.metrics import TunnelMetrics
 from proxy.routing import (
     RequestTarget,
     Route,
     RouteMatch,
+    RouteTable,
     split_authority,
     takes_tunnel,
 )
@@ -51,7 +54,21 @@ from proxy.routing import (
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
 
-    from proxy.app import Runtime
+
+class Runtime(Protocol):
+    """What a tunnel needs of `proxy.app.Runtime` (the config load a request runs under)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def table(self) -> RouteTable: ...
+    @property
+    def access(self) -> AccessPolicy | None: ...
+    @property
+    def leaves(self) -> LeafStore | None: ...
+    @property
+    def intercepts(self) -> bool: ...
+
 
 log = get_logger("signing_proxy")
 
