@@ -350,6 +350,25 @@ def test_refused_connects_log_their_target_and_close(setup: Setup, proxy: ProxyP
         assert time.monotonic() - started < 2
 
 
+def test_tls_bytes_before_the_200_are_refused(setup: Setup, proxy: ProxyProcess) -> None:
+    """Under both parsers: the C parser keeps what follows a CONNECT as its tail, the Python
+    parser as the CONNECT's body; either way it is a 400 and nothing is forwarded."""
+    before = len(setup.upstream.seen)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(
+            b"CONNECT api.vendor.test:443 HTTP/1.1\r\nHost: api.vendor.test\r\n\r\n" + hello
+        )
+        raw.settimeout(5)
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400"), received[:200]
+    assert b"early_tunnel_data" in received
+    assert len(setup.upstream.seen) == before
+
+
 def test_a_tunnel_open_during_sigterm_is_drained(setup: Setup, tmp_path: Path) -> None:
     """An idle tunnel closes at once; a busy one answers its request, then closes; the
     process exits within the shutdown timeout."""
