@@ -1,35 +1,395 @@
-"""The private aiohttp parts the proxy relies on, named in one place.
+"""The one module that reaches into aiohttp's private parts, for what aiohttp has no switch for.
 
-Each section lists the private attributes it reads or writes; `check_tunnel_hooks()` (run at
-start-up and by tests/test_aiohttp_internals.py) fails loudly, naming what is missing, when an
-aiohttp upgrade has moved one.
+Every private member used here is listed and checked: `require_hooks()` runs at start-up (`run`,
+`check`, `demo` exit 1 naming the installed aiohttp when one is missing) and the tests in
+tests/test_aiohttp_internals.py and tests/test_aiohttp_server_internals.py fail loudly, naming
+the part, when an aiohttp upgrade moves one.
 
-## CONNECT tunnels (proxy.tunnel)
+Client and response hooks (`HOOKS`): a proxy must send what the app sent and relay what the
+upstream answered, and aiohttp has no public switch for two things it adds on its own: the
+client's automatic request headers (Accept, User-Agent, ...) and the server's
+`Server`/`Content-Type` response headers. A release of aiohttp that renamed one would not fail
+loudly: the proxy would add headers, or fail every request with a body.
 
-After the proxy answers `CONNECT` with 200, the connection carries HTTP requests again (in
-clear for `CONNECT host:80`, inside TLS for an intercepted host). aiohttp has no public way to
-take a connection over from its request handler, so:
+Server hardening (`_PRIVATE_HOOKS`, `check_private_hooks()`, also run by `HardenedServer`):
+
+- `HardenedServer`: a `web.Server` whose connections are `HardenedRequestHandler`s.
+- `HardenedRequestHandler` (aiohttp's `RequestHandler`, the protocol of one connection):
+  - a request-head timeout: a connection that has not sent a complete request head within
+    `header_timeout` seconds, from its start or from the first byte of a later request, is
+    closed (slowloris); aiohttp only has an idle keep-alive timer, which trickled bytes do not
+    end before it fires, and which it sets to an hour by default;
+  - its own error pages (a request the parser refused, an exception that escaped a handler):
+    the proxy's JSON error, without the `Server` banner and without quoting the refused bytes;
+  - the pure-Python parser (`AIOHTTP_NO_EXTENSIONS=1`, or no wheel) held to llhttp's method
+    rule: a method llhttp does not know, or in lower case, is refused (it would upper-case it).
+
+CONNECT tunnels (`_TUNNEL_CLASS_HOOKS`, `_TUNNEL_INSTANCE_HOOKS`, `check_tunnel_hooks()`, run
+by `require_hooks()`; used by proxy.tunnel). After the proxy answers a CONNECT with 200, the
+connection carries HTTP requests again (in clear for `CONNECT host:80`, inside TLS for an
+intercepted host). aiohttp has no public way to take a connection over from its request
+handler, so:
 
 - `connect_bytes_pending`: bytes the client sent after the CONNECT head, before the 200.
   aiohttp keeps them as the upgraded connection's tail (`RequestHandler._message_tail`); the
-  pure-Python parser (`AIOHTTP_NO_EXTENSIONS=1`) may put the first of them into the CONNECT
-  request's payload instead.
-- `server_of`: the `web.Server` a request arrived on (`RequestHandler._manager`), whose
-  `__call__` makes the request handler (the asyncio protocol) of a new connection: the
-  tunnel's connection gets one as if it had just been accepted, with the same settings, and
-  is counted among the server's connections (so a shutdown drains it like any other).
+  pure-Python parser may put the first of them into the CONNECT's payload instead.
 - `end_connect_payload`: a refused CONNECT's connection closes once the refusal is sent. The
   pure-Python parser reads whatever follows a CONNECT as its body, and aiohttp would wait up
   to its lingering time (10 s) for that body to end before closing: it is ended here.
+- `server_of`: the `web.Server` a request arrived on (`RequestHandler._manager`), whose
+  `__call__` makes the request handler (the asyncio protocol) of a new connection: the
+  tunnel's connection gets one as if it had just been accepted (a `HardenedRequestHandler`,
+  header timeout included), and is counted among the server's connections, so a shutdown
+  closes it like any other.
 - `set_keepalive_timeout`: the idle timeout of that handler (`_keepalive_timeout`); the
   tunnel's own idle timer must fire first, to log its reason.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Final, Literal
 
+import aiohttp
 from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidURLError,
+    LineTooLong,
+)
+from aiohttp.http_parser import HttpRequestParserPy
+
+from proxy.admission import KNOWN_METHODS
+from proxy.errors import error_response
+from proxy.logs import parser_refusal_reason
+
+HookKind = Literal[
+    "class attribute", "method", "coroutine method", "instance attribute", "keyword argument"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """One private member of aiohttp, and where the proxy uses it."""
+
+    owner: type
+    name: str
+    kind: HookKind
+    used_by: str
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.owner.__module__}.{self.owner.__qualname__}.{self.name}"
+
+    def present(self) -> bool:
+        if self.kind == "class attribute":
+            # Set on the class itself (aiohttp >= 3.11.8 reads it there); an older aiohttp
+            # only has the instance attribute `skip_auto_headers`, never read from the class.
+            return any(self.name in vars(cls) for cls in self.owner.__mro__)
+        if self.kind == "instance attribute":
+            return hasattr(self.owner(), self.name)
+        if self.kind == "keyword argument":
+            return self.name in inspect.signature(self.owner).parameters
+        member = getattr(self.owner, self.name, None)
+        if self.kind == "coroutine method":
+            return inspect.iscoroutinefunction(member)
+        return callable(member)
+
+
+HOOKS: Final = (
+    Hook(
+        aiohttp.ClientSession,
+        "request_class",
+        "keyword argument",
+        "proxy.forward.Forwarder (installs _VerbatimRequest; not in aiohttp's documentation)",
+    ),
+    Hook(
+        aiohttp.ClientRequest,
+        "_skip_auto_headers",
+        "class attribute",
+        "proxy.forward._VerbatimRequest (the request headers aiohttp must not add)",
+    ),
+    Hook(
+        aiohttp.ClientRequest,
+        "update_auto_headers",
+        "method",
+        "proxy.forward._VerbatimRequest (overridden: no automatic request headers)",
+    ),
+    Hook(
+        web.StreamResponse,
+        "_prepare_headers",
+        "coroutine method",
+        "proxy.responses.AsGivenStreamResponse (no Server banner, no added Content-Type)",
+    ),
+    Hook(
+        web.StreamResponse,
+        "_headers",
+        "instance attribute",
+        "proxy.responses.AsGivenStreamResponse (the headers about to be written)",
+    ),
+)
+
+
+class UnsupportedAiohttp(RuntimeError):
+    """The installed aiohttp lacks a hook the proxy relies on."""
+
+
+def missing_hooks() -> list[Hook]:
+    return [hook for hook in HOOKS if not hook.present()]
+
+
+def require_hooks() -> None:
+    """Raise `UnsupportedAiohttp`, naming the installed aiohttp and the range the proxy
+    supports, when any hook is missing."""
+    check_private_hooks()
+    check_tunnel_hooks()
+    missing = missing_hooks()
+    if not missing:
+        return
+    names = ", ".join(f"{hook.qualified_name} ({hook.used_by})" for hook in missing)
+    raise UnsupportedAiohttp(
+        f"the installed aiohttp {aiohttp.__version__} lacks what the proxy relies on: {names}. "
+        f"Install a supported aiohttp ({supported_range()})."
+    )
+
+
+def supported_range() -> str:
+    """The aiohttp requirement of the installed signing-proxy, e.g. `aiohttp<4,>=3.11.8`."""
+    try:
+        requirements = metadata.requires("signing-proxy") or []
+    except metadata.PackageNotFoundError:
+        requirements = []
+    for requirement in requirements:
+        if requirement.replace(" ", "").startswith(("aiohttp>", "aiohttp<", "aiohttp=")):
+            return requirement.split(";", 1)[0].strip()
+    return "see pyproject.toml"
+
+
+DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0  # seconds idle between requests (nginx's default)
+
+# (owner, attribute) pairs this module relies on; an upgrade that drops one must fail here.
+_PRIVATE_HOOKS: Final = (
+    (web_protocol.RequestHandler, "data_received"),
+    (web_protocol.RequestHandler, "connection_made"),
+    (web_protocol.RequestHandler, "connection_lost"),
+    (web_protocol.RequestHandler, "handle_error"),
+    (web_protocol.RequestHandler, "_waiter"),
+    (web_protocol.RequestHandler, "_messages"),
+    (web_protocol.RequestHandler, "_parser"),
+    (HttpRequestParserPy, "parse_message"),
+    (HttpRequestParserPy, "feed_data"),
+    (web.Server, "__call__"),
+)
+
+
+def missing_server_parts() -> list[str]:
+    """The private server parts this module relies on that the installed aiohttp lacks."""
+    missing = [
+        f"{owner.__module__}.{owner.__qualname__}.{name}"
+        for owner, name in _PRIVATE_HOOKS
+        if not hasattr(owner, name)
+    ]
+    parser = HttpRequestParserPy()  # instance attributes: set by __init__
+    missing += [
+        f"HttpRequestParserPy().{name}" for name in ("_lines", "_tail") if not hasattr(parser, name)
+    ]
+    return missing
+
+
+def check_private_hooks() -> None:
+    """Raise `UnsupportedAiohttp` naming any private server part this module relies on that
+    is gone."""
+    missing = missing_server_parts()
+    if missing:
+        raise UnsupportedAiohttp(
+            f"the installed aiohttp {aiohttp.__version__} lacks private parts signing-proxy "
+            f"relies on (proxy/aiohttp_internals.py): {', '.join(missing)}. "
+            f"Install a supported aiohttp ({supported_range()})."
+        )
+
+
+_REQUEST_LINE: Final = re.compile(rb"([^ ]+) +([^ ]+) +([^ ]+)")
+_VERSIONS: Final = frozenset({b"HTTP/0.9", b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0"})  # llhttp's
+_METHOD_PREFIXES: Final = frozenset(
+    method.encode()[:end] for method in KNOWN_METHODS for end in range(1, len(method) + 1)
+)
+
+
+class _StrictPythonRequestParser(HttpRequestParserPy):
+    """aiohttp's pure-Python request parser, held to llhttp's request-line rules so that both
+    parsers answer the same bytes the same way. On its own it accepts any method token and
+    upper-cases it (`get` or `FROB` would be forwarded), passes raw bytes >= 0x80 in the target
+    on (non-UTF-8 ones as surrogates), accepts any HTTP/d.d, refuses the runs of spaces between
+    the three parts that llhttp tolerates, and waits for a whole line before refusing bytes
+    that cannot start a request (a TLS handshake on the plain port)."""
+
+    _limits: tuple[int, int, int]  # llhttp's: target, header name or value, header lines
+
+    @classmethod
+    def adopt(cls, parser: HttpRequestParserPy) -> None:
+        """Make the parser aiohttp built one of these. aiohttp's Python parser applies
+        `max_line_size` to the whole request line, `max_field_size` to a whole header line and
+        `max_headers` to all lines; llhttp (as aiohttp drives it) to the target, to a header's
+        name and value each, and to header fields. Its own limits are widened to let the exact
+        checks in `parse_message` decide."""
+        target, field, headers = parser.max_line_size, parser.max_field_size, parser.max_headers
+        parser.__class__ = cls
+        assert isinstance(parser, cls)
+        parser._limits = (target, field, headers)
+        parser.max_line_size = target + 64  # the method, the version, the spaces between
+        parser.max_field_size = 2 * field + 64  # name, colon, spaces, value
+        parser.max_headers = headers + 2  # the request line and the empty line count too
+
+    def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        result = super().feed_data(data, *args, **kwargs)
+        # `_lines`/`_tail`: the lines of the head so far, and the incomplete line after them.
+        if not result[0] and not self._lines and self._tail:
+            _check_method_start(self._tail.lstrip(b"\r\n"))
+        return result
+
+    def parse_message(self, lines: list[bytes]) -> Any:
+        line = lines[0]
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            _check_method_start(line)
+            raise BadStatusLine(error="Invalid request line")
+        method, target, version = match.groups()
+        if method.decode("latin-1") not in KNOWN_METHODS:
+            raise BadHttpMethod(error="Invalid method encountered")
+        if not target.isascii():
+            raise InvalidURLError("Invalid char in url")
+        if version not in _VERSIONS:
+            raise BadStatusLine(error="Invalid HTTP version")
+        max_target, max_field, max_headers = self._limits
+        if len(target) > max_target:
+            raise LineTooLong("the request target", max_target)
+        fields = lines[1:-1]
+        if len(fields) > max_headers:
+            raise BadHttpMessage("Too many headers received")
+        for field in fields:
+            name, _, value = field.partition(b":")
+            if len(name) > max_field or len(value.strip(b" \t")) > max_field:
+                raise LineTooLong("a header", max_field)
+        lines[0] = b" ".join((method, target, version))
+        return super().parse_message(lines)
+
+
+def _check_method_start(start: bytes) -> None:
+    """Refuse at once a request line whose first bytes can start no known method."""
+    token, space, _ = start.partition(b" ")
+    if not token:
+        return
+    if start.startswith(b"\x16\x03"):
+        raise BadHttpMethod(error="Received HTTPS traffic on an HTTP port")
+    if token not in _METHOD_PREFIXES or (space and token.decode() not in KNOWN_METHODS):
+        raise BadHttpMethod(error="Invalid method encountered")
+
+
+class HardenedRequestHandler(web_protocol.RequestHandler):
+    """One connection's protocol: aiohttp's, with a request-head timeout and the proxy's own
+    error pages."""
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        header_timeout: float | None = None,
+        on_header_timeout: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        if type(self._parser) is HttpRequestParserPy:
+            _StrictPythonRequestParser.adopt(self._parser)
+        self._header_timeout = header_timeout
+        self._on_header_timeout = on_header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # `_waiter` is set while the connection waits for its next request head: bytes then
+        # are the start (or more) of one, and the head must be complete in time.
+        if self._waiter is not None:
+            self._arm_header_timer()
+        super().data_received(data)
+        if self._messages:  # a whole head was parsed (or refused): the timer is done
+            self._disarm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timeout is None or self._header_timer is not None:
+            return
+        self._header_timer = self._loop.call_later(self._header_timeout, self._header_expired)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if self.transport is None or self._messages or self._waiter is None:
+            return  # a head arrived meanwhile, or the connection is gone
+        if self._on_header_timeout is not None:
+            self._on_header_timeout()
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own logs the error (proxy/logs.py quiets parser refusals) and raises when
+        # the response has started; its page carries the Server banner and quotes the bytes.
+        super().handle_error(request, status, exc, message)
+        if isinstance(exc, HttpProcessingError):
+            code, text = "malformed_request", parser_refusal_reason(exc)
+        elif status == 500:
+            code, text = "internal_error", "the proxy failed to handle this request"
+        else:
+            code, text = "request_failed", "the request could not be handled"
+        response = error_response(status, code, text)
+        response.force_close()
+        return response
+
+
+class HardenedServer(web.Server):
+    """`web.Server` whose connections are `HardenedRequestHandler`s. Keyword arguments are
+    aiohttp's `RequestHandler` ones plus `header_timeout` and `on_header_timeout`; the idle
+    keep-alive timeout defaults to 75 s instead of aiohttp's hour."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Any],
+        *,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        check_private_hooks()
+        super().__init__(handler, keepalive_timeout=keepalive_timeout, **kwargs)
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        # aiohttp's __call__ retries with most keyword arguments dropped on a TypeError; here
+        # a wrong argument must fail, never quietly lose the timeouts.
+        return HardenedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+# -- CONNECT tunnels (proxy.tunnel) --------------------------------------------------------------
 
 # (owner, attribute) pairs; instance attributes are checked on a handler made by a server.
 _TUNNEL_CLASS_HOOKS: Final = (
@@ -46,13 +406,7 @@ _TUNNEL_CLASS_HOOKS: Final = (
 _TUNNEL_INSTANCE_HOOKS: Final = ("_message_tail", "_manager", "_keepalive_timeout")
 
 
-class UnsupportedAiohttp(RuntimeError):
-    """The installed aiohttp lacks a private part the proxy relies on."""
-
-
 def missing_tunnel_hooks() -> list[str]:
-    import asyncio
-
     missing = [
         f"{owner.__module__}.{owner.__qualname__}.{name}"
         for owner, name in _TUNNEL_CLASS_HOOKS
@@ -82,8 +436,6 @@ def check_tunnel_hooks() -> None:
     with the installed aiohttp."""
     missing = missing_tunnel_hooks()
     if missing:
-        import aiohttp
-
         raise UnsupportedAiohttp(
             f"the installed aiohttp {aiohttp.__version__} lacks private parts the CONNECT "
             f"tunnels rely on (proxy/aiohttp_internals.py): {', '.join(missing)}"

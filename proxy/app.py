@@ -18,10 +18,11 @@ from typing import Any, Final
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
+from proxy.admission import body_unread, check_request
 from proxy.aiohttp_internals import end_connect_payload
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
-from proxy.config import Config
+from proxy.config import Config, setting_at
 from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder, UpstreamResponse
@@ -40,7 +41,7 @@ from proxy.signers import (
     UpstreamRequest,
     build_signer,
 )
-from proxy.tunnel import Tunnel, TunnelManager, plan_connect
+from proxy.tunnel import Tunnel, TunnelManager, plan_connect, target_for_log
 
 log = get_logger("signing_proxy")
 
@@ -72,22 +73,24 @@ class Runtime:
         config: Config,
         on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
     ) -> Runtime:
-        routes = [
-            Route.compile(
-                rc,
-                build_signer(
-                    rc.signer,
-                    route=rc.name,
-                    on_refresh=on_refresh_for(rc.name) if on_refresh_for else None,
-                ),
-            )
-            for rc in config.routes
-        ]
+        """Raises `InvalidSetting` naming the key of a setting that cannot be used; call it
+        through `proxy.startup.build_runtime`, which reports that as a config error."""
+        routes: list[Route] = []
+        for index, rc in enumerate(config.routes):
+            with setting_at("routes", index):
+                with setting_at("signer"):
+                    on_refresh = on_refresh_for(rc.name) if on_refresh_for else None
+                    signer = build_signer(rc.signer, route=rc.name, on_refresh=on_refresh)
+                routes.append(Route.compile(rc, signer))  # its TLS context: `tls` keys
+        with setting_at("access"):
+            access = AccessPolicy.from_config(config.access)
+        with setting_at("interception"):
+            leaves = _leaf_store(config)
         return cls(
             config=config,
             table=RouteTable(routes),
-            access=AccessPolicy.from_config(config.access),
-            leaves=_leaf_store(config),
+            access=access,
+            leaves=leaves,
             intercepts=any(rc.intercept for rc in config.routes),
         )
 
@@ -139,7 +142,8 @@ class ProxyHandler:
         tunnel = self.tunnels.of(request)
         if request.method == "CONNECT" and tunnel is None:
             return await self._connect(request, runtime)
-        exchange = Exchange(request.method, request.path, time.perf_counter())
+        # The path is logged once the target is admitted: never a refused request's bytes.
+        exchange = Exchange(request.method, "", time.perf_counter())
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
@@ -155,8 +159,8 @@ class ProxyHandler:
             response = error_response(
                 err.status, err.code, err.message, exchange.route, err.headers
             )
-            if err.close:
-                response.force_close()
+            if err.close or body_unread(request):
+                response.force_close()  # unread body bytes must never pass as a request
                 if request.method == "CONNECT":  # inside a tunnel
                     end_connect_payload(request)
             return response
@@ -195,7 +199,7 @@ class ProxyHandler:
         try:
             plan = plan_connect(request, runtime, self.tunnels.open_count)
         except ProxyError as err:
-            exchange = Exchange("CONNECT", request.raw_path, time.perf_counter())
+            exchange = Exchange("CONNECT", target_for_log(request.raw_path), time.perf_counter())
             exchange.status, exchange.error = err.status, err.code
             self.metrics.observe(exchange, time.perf_counter() - exchange.started)
             self._access_log(exchange, time.perf_counter() - exchange.started)
@@ -237,8 +241,10 @@ class ProxyHandler:
         """Read the body (if the scheme signs it), sign, forward, relay."""
         upstream = await read_request(request, match, query)
         try:
-            response = await self._sign_and_forward(request, match.route, upstream, exchange)
-            return await relay(request, response, exchange)
+            # One of the route's upstream connections, held to the end of the relayed answer.
+            async with match.route.limits.upstream.hold():
+                response = await self._sign_and_forward(request, match.route, upstream, exchange)
+                return await relay(request, response, exchange)
         finally:
             if upstream.spooled is not None:
                 upstream.spooled.close()  # the temporary file goes, whatever happened
@@ -320,10 +326,12 @@ def admit(request: web.BaseRequest, runtime: Runtime, *, tunneled: bool = False)
     if runtime.access is not None and not tunneled:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
     if request.method == "CONNECT":  # only reached inside a tunnel
+        # Closed: the bytes after a CONNECT are the tunnel's, never a request to serve.
         raise ProxyError(405, "connect_not_supported", _CONNECT_IN_TUNNEL, close=True)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
+    check_request(request)  # method, target bytes, framing, Host port (proxy/admission.py)
     if not all(_is_utf8(value) for _, value in request.raw_headers):
         # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
         # of forwarding (and signing) a header that is not what the app sent.

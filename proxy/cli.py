@@ -8,8 +8,14 @@ from collections.abc import Sequence
 from typing import Final
 
 from proxy import __version__
-from proxy.command import EXIT_CONFIG, load_or_report, run_event_loop
-from proxy.config import Config, describe_signer
+from proxy.command import (
+    EXIT_CONFIG,
+    build_or_report,
+    load_or_report,
+    report_config_error,
+    run_event_loop,
+)
+from proxy.config import Config, ConfigError, describe_signer
 
 _EPILOG: Final = """\
 examples:
@@ -119,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in {"check", "run", "demo"}:
+        from proxy.aiohttp_internals import UnsupportedAiohttp, require_hooks
+
+        try:
+            require_hooks()
+        except UnsupportedAiohttp as err:
+            print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
+            return 1
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":
@@ -155,9 +169,10 @@ def _check(path: str) -> int:
 
     for name, reason in PLUGIN_ERRORS.items():
         print(f"warning: plugin scheme {name} not loaded: {reason}", file=sys.stderr)
-    config = load_or_report(path)
-    if config is None:
+    runtime = build_or_report(path)  # what `run` builds, short of the network
+    if runtime is None:
         return EXIT_CONFIG
+    config = runtime.config
     if PLUGIN_CLASSES:
         print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in PLUGIN_CLASSES))
     print(
@@ -203,16 +218,22 @@ def _run(args: argparse.Namespace) -> int:
         print("signing-proxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     if args.workers > 1:
+        if build_or_report(args.config) is None:  # refused here, not by N workers
+            return EXIT_CONFIG
         return _run_workers(args, config)
-    server = ProxyServer(
-        config,
-        config_path=args.config,
-        listen=args.listen,
-        admin=args.admin,
-        shutdown_timeout=args.shutdown_timeout,
-        drain_delay=args.drain_delay,
-        worker=args.worker,
-    )
+    try:
+        server = ProxyServer(
+            config,
+            config_path=args.config,
+            listen=args.listen,
+            admin=args.admin,
+            shutdown_timeout=args.shutdown_timeout,
+            drain_delay=args.drain_delay,
+            worker=args.worker,
+        )
+    except ConfigError as err:  # a setting that validated but cannot be used
+        report_config_error(err)
+        return EXIT_CONFIG
     try:
         run_event_loop(server.run_until_signalled(on_ready=settle_garbage_collector))
     except OSError as err:  # typically: the address is in use

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -26,7 +28,7 @@ from yarl import URL
 
 from proxy.http import MANAGED_HEADERS, is_field_name
 from proxy.interception.config import InterceptionConfig, TunnelsConfig
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue
 from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
 from proxy.signers.hmac.config import KEY_PATH_CTX
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
@@ -35,6 +37,7 @@ DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_ADMIN: Final = "127.0.0.1:9090"
 DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_SPOOL_THRESHOLD_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_UPSTREAM_CONNECTIONS: Final = 100
 # A spooled body costs disk, not memory: room for S3's largest single PUT (5 GiB).
 DEFAULT_MAX_SPOOLED_BODY_BYTES: Final = 5 * 1024 * 1024 * 1024
 
@@ -208,7 +211,8 @@ class RateLimitConfig(_Model):
         return self
 
 
-IDEMPOTENT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
+# TRACE is idempotent but refused at the door (proxy/admission.py): never retried either.
+IDEMPOTENT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 RetryOn = Literal["connect_error", 502, 503, 504]
 
 
@@ -235,7 +239,10 @@ class RetryConfig(_Model):
     @field_validator("methods")
     @classmethod
     def _upper(cls, methods: list[str]) -> list[str]:
-        return [method.upper() for method in methods]
+        upper = [method.upper() for method in methods]
+        if echoing := sorted({"TRACE", "TRACK"} & set(upper)):
+            raise ValueError(f"{', '.join(echoing)} is refused by the proxy, never retried")
+        return upper
 
 
 class AccessConfig(_Model):
@@ -244,7 +251,7 @@ class AccessConfig(_Model):
     allow_networks: list[IPvAnyNetwork] = Field(
         default_factory=list, description="Client networks (CIDR) allowed; others get 403."
     )
-    proxy_token: SecretValue | None = Field(
+    proxy_token: HeaderSecretValue | None = Field(
         default=None,
         description="Token clients must send as Proxy-Authorization (Bearer, or Basic "
         "password); others get 407.",
@@ -290,6 +297,14 @@ class RouteConfig(_Model):
     headers: HeadersConfig = HeadersConfig()
     max_concurrent: int | None = Field(
         default=None, gt=0, description="Requests in flight at once; 503 above (default: none)."
+    )
+    max_upstream_connections: int = Field(
+        default=DEFAULT_MAX_UPSTREAM_CONNECTIONS,
+        gt=0,
+        le=100_000,
+        description="Upstream connections this route may use at once (each request holds one "
+        "until its response is relayed); a request waits up to timeout.connect for one, then "
+        "503.",
     )
     rate_limit: RateLimitConfig | None = Field(
         default=None, description="Token bucket; 429 with Retry-After above (default: none)."
@@ -372,6 +387,14 @@ class RequestLimitsConfig(_Model):
         default=8190, ge=256, le=1_048_576, description="One header name or value."
     )
     max_headers: int = Field(default=128, ge=8, le=10_000, description="Header lines.")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a complete request head, from the "
+        "connection's start or from the first byte of a later request; then the connection "
+        "is closed.",
+    )
 
 
 class Config(_Model):
@@ -429,15 +452,49 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+class InvalidSetting(ValueError):
+    """A setting that validated but cannot be used when the config is built (a CA file that is
+    not PEM, a signer refusing its settings): `key` is its path, the message never a secret."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@contextmanager
+def setting_at(*steps: str | int) -> Iterator[None]:
+    """Attribute a failure while building from the config to the key it comes from.
+
+    Nested uses compose the path (`routes[1]` around `tls` around a `ca_file` failure gives
+    `routes[1].tls.ca_file`). An `InvalidSetting` raised inside gets the steps prepended; a
+    `ValueError` keeps its message (by contract, builders' messages never hold a secret);
+    anything else is named by its type only.
+    """
+    try:
+        yield
+    except InvalidSetting as err:
+        raise InvalidSetting((*steps, *err.key), err.message) from err
+    except ValueError as err:
+        raise InvalidSetting(steps, str(err)) from err
+    except OSError as err:  # a file the setting names: the message is its path and reason
+        raise InvalidSetting(steps, f"cannot be used: {err}") from err
+    except Exception as err:
+        raise InvalidSetting(steps, f"cannot be used ({type(err).__name__})") from err
+
+
 def load_config(path: str | Path) -> Config:
+    return parse_config(read_config_text(path), str(path))
+
+
+def read_config_text(path: str | Path) -> str:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(source, [ConfigProblem("", 1, "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [ConfigProblem("", 1, f"cannot read: {exc}")]) from None
-    return parse_config(text, source)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

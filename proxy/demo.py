@@ -11,7 +11,7 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-from proxy.command import EXIT_CONFIG, load_or_report, run_event_loop
+from proxy.command import EXIT_CONFIG, build_or_report, run_event_loop
 from proxy.config import Config, parse_host_port
 from proxy.logs import configure_logging
 from proxy.server import ProxyServer
@@ -79,9 +79,10 @@ def _curl_lines(listen: str) -> list[tuple[str, list[str]]]:
 
 
 async def _demo(config_path: str, self_test: bool, listen: str | None, admin: str | None) -> int:
-    config = load_or_report(config_path)
-    if config is None:
+    runtime = build_or_report(config_path)
+    if runtime is None:
         return EXIT_CONFIG
+    config = runtime.config
     wanted = (listen or config.listen, admin or config.admin)
     listen, admin = _bindable(wanted[0]), _bindable(wanted[1])
     for asked, taken in zip(wanted, (listen, admin), strict=True):

@@ -21,11 +21,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.config import RouteConfig
+from proxy.config import RouteConfig, setting_at
 from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
 from proxy.http import are_field_names
 from proxy.signers import UpstreamRequest
+from proxy.tls import client_ssl_context
 
 CHUNK_SIZE: Final = 64 * 1024
 SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
@@ -41,13 +42,8 @@ class UpstreamOptions:
 
     @classmethod
     def for_route(cls, config: RouteConfig) -> UpstreamOptions:
-        context: ssl.SSLContext | bool
-        if not config.tls.verify:
-            context = False
-        elif config.tls.ca_file:
-            context = ssl.create_default_context(cafile=config.tls.ca_file)
-        else:
-            context = True
+        with setting_at("tls"):
+            context = client_ssl_context(config.tls)
         timeout = aiohttp.ClientTimeout(
             total=config.timeout.total,
             connect=config.timeout.connect,
@@ -247,6 +243,10 @@ class _ClientBody:
 
 def failure_reason(exc: BaseException) -> str:
     """Why a client operation failed, fit for a client and a log: never the signed URL."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Its `os_error` is unset in older aiohttp (3.11, 3.12.0); `certificate_error` is not.
+        error = exc.certificate_error
+        return getattr(error, "strerror", None) or str(error) or type(error).__name__
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or type(exc.os_error).__name__
     # Their str() appends the upstream URL, whose query is signed: signatures, and an AWS

@@ -17,7 +17,13 @@ from typing import IO, Any, Final, Literal
 
 import orjson
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+)
 
 LogFormat = Literal["json", "console"]
 
@@ -82,7 +88,10 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     if not isinstance(error, HttpProcessingError):
         return record.levelno >= logging.WARNING
-    record.msg, record.args = "request refused by the HTTP parser: %s", (_reason(error),)
+    record.msg, record.args = (
+        "request refused by the HTTP parser: %s",
+        (parser_refusal_reason(error),),
+    )
     record.exc_info, record.exc_text = None, None
     record.levelno, record.levelname = logging.INFO, "INFO"
     for hook in _parser_refusal_hooks:
@@ -90,15 +99,33 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     return True
 
 
-# Where aiohttp's parser messages start quoting the request's bytes: llhttp's reason is followed
-# by ":" and the offending line, the Python parser's by a repr ("Bad status line b'...'").
+# Where aiohttp's messages start quoting the request's bytes: llhttp's reason is followed by
+# ":\n\n" and the offending line; the Python parser's messages end in a repr (`... b'...'`).
 _QUOTED_BYTES: Final = re.compile(r"\s*(?::|\n|b?['\"])")
+# The Python parser's exceptions whose message is (or ends in) the refused bytes themselves:
+# a fixed reason each, as llhttp would give it.
+_FIXED_REASONS: Final[tuple[tuple[type[HttpProcessingError], str], ...]] = (
+    (InvalidURLError, "Invalid request target"),
+    (BadHttpMethod, "Invalid method encountered"),
+    (BadStatusLine, "Invalid request line"),
+    (InvalidHeader, "Invalid header"),
+)
 
 
-def _reason(error: HttpProcessingError) -> str:
+def parser_refusal_reason(error: HttpProcessingError) -> str:
     """The parser's reason without the request bytes it quotes: the line it refused can be a
-    header holding a credential (the app's `Proxy-Authorization`, for one)."""
-    reason = _QUOTED_BYTES.split(error.message, maxsplit=1)[0].strip()
+    header holding a credential (the app's `Proxy-Authorization`, for one), or a target whose
+    query holds one (`?apikey=...`)."""
+    message = error.message
+    llhttp_reason, quoted, _ = message.partition(":\n\n")
+    if quoted:
+        return " ".join(llhttp_reason.split())
+    if message == "Received HTTPS traffic on an HTTP port":
+        return message
+    for kind, reason in _FIXED_REASONS:
+        if isinstance(error, kind):
+            return reason
+    reason = _QUOTED_BYTES.split(message, maxsplit=1)[0].strip()
     return reason or type(error).__name__
 
 

@@ -136,6 +136,12 @@ class Metrics:
             "Requests the HTTP parser refused (answered 400 before any route was matched).",
             registry=r,
         )
+        self.header_timeouts = Counter(
+            "signing_proxy_header_timeouts_total",
+            "Connections closed for not sending a complete request head within "
+            "request_limits.header_timeout.",
+            registry=r,
+        )
         build_info = Gauge(
             "signing_proxy_build_info",
             "The running version.",

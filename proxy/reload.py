@@ -10,43 +10,50 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from proxy.config import Config
+from proxy.logs import get_logger
 from proxy.secrets import Secret
 
-Fingerprint = tuple[tuple[str, str | None, str | None], ...]
+log = get_logger("signing_proxy")
+
+Fingerprint = dict[Path, tuple[str | None, str | None]]
+"""Each watched file -> (the real path it resolves to, the SHA-256 of its content)."""
 
 
 def watched_files(config: Config, config_path: str | Path) -> list[Path]:
-    """The config file, every `{file: PATH}` secret (the interception CA's included) and every
-    `tls.ca_file` it references."""
-    paths = [Path(config_path)]
+    """The config file, every `{file: PATH}` secret and every `tls.ca_file` it references."""
+    paths = [Path(config_path), *_secret_files(config)]
     for route in config.routes:
-        for name in type(route.signer).model_fields:
-            value = getattr(route.signer, name)
-            if isinstance(value, Secret) and value.source.startswith("file:"):
-                paths.append(Path(value.source.removeprefix("file:")))
         if route.tls.ca_file:
             paths.append(Path(route.tls.ca_file))
-    if config.interception is not None:  # a rotated CA is picked up like a rotated key
-        for secret in (config.interception.ca_cert, config.interception.ca_key):
-            if secret.source.startswith("file:"):
-                paths.append(Path(secret.source.removeprefix("file:")))
     return list(dict.fromkeys(paths))
 
 
+def _secret_files(model: BaseModel) -> Iterator[Path]:
+    """The files of every `{file: PATH}` secret in `model`, at any depth (signers, access)."""
+    for name in type(model).model_fields:
+        values = getattr(model, name)
+        for value in values if isinstance(values, list | tuple) else (values,):
+            if isinstance(value, Secret) and value.source.startswith("file:"):
+                yield Path(value.source.removeprefix("file:"))
+            elif isinstance(value, BaseModel):
+                yield from _secret_files(value)
+
+
 def fingerprint(paths: list[Path]) -> Fingerprint:
-    entries = []
+    entries: Fingerprint = {}
     for path in paths:
         try:
             real = os.path.realpath(path)
-            digest = hashlib.sha256(Path(real).read_bytes()).hexdigest()
+            entries[path] = (real, hashlib.sha256(Path(real).read_bytes()).hexdigest())
         except OSError:
-            real, digest = None, None
-        entries.append((str(path), real, digest))
-    return tuple(entries)
+            entries[path] = (None, None)
+    return entries
 
 
 class ConfigWatcher:
@@ -61,11 +68,14 @@ class ConfigWatcher:
         self._last = fingerprint(paths)
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self, paths: list[Path]) -> None:
-        """Follow a new set of files (after a reload). The baseline is not reset here: a file
-        that changed while the reload read it is seen on the next poll (at worst one extra,
-        harmless reload)."""
-        self.paths = paths
+    def watch(self, paths: list[Path], baseline: Fingerprint | None = None) -> None:
+        """Follow a new set of files (after a reload). A file already followed keeps its
+        baseline; a new one has none, so a file that changed while the reload read it is seen
+        on the next poll (at worst one extra, harmless reload), unless `baseline` gives its
+        state (after a refused config: wait until one of its files changes again)."""
+        self.paths = list(dict.fromkeys(paths))
+        if baseline:
+            self._last = {**self._last, **baseline}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="config-watcher")
@@ -79,7 +89,11 @@ class ConfigWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            current = await asyncio.to_thread(fingerprint, self.paths)
-            if current != self._last:
-                self._last = current
-                await self.on_change()
+            try:
+                current = await asyncio.to_thread(fingerprint, self.paths)
+                if current != {path: self._last.get(path) for path in self.paths}:
+                    self._last = current
+                    await self.on_change()
+            except Exception as err:  # `on_change` counts its own failures; this is a bug's
+                # last stop: the watcher must outlive it, or no later change is ever applied.
+                log.error("config_watch_failed", error_type=type(err).__name__)

@@ -27,7 +27,11 @@ async def read_request(request: web.BaseRequest, match: RouteMatch, query: str) 
     signer = match.route.signer
     if not signer.needs_body(request.method):
         await send_continue(request)
-        return prepare_upstream(match, request.method, query, request.headers, None)
+        # A streamed body's Content-Length is the number the parser read, written by the
+        # proxy (admission refused every spelling but plain decimal), never the client's text.
+        return prepare_upstream(
+            match, request.method, query, request.headers, None, streamed=request.content_length
+        )
     body = await read_body(request, match.route.config, signer.new_body_digest())
     if body.spooled is None:
         return prepare_upstream(match, request.method, query, request.headers, body.data)
@@ -55,18 +59,22 @@ def prepare_upstream(
     *,
     spooled: SpooledBody | None = None,
     body_digest: BodyDigest | None = None,
+    streamed: int | None = None,
 ) -> UpstreamRequest:
     """The request to sign: the app's request minus hop-by-hop headers, with the route's static
     header edits, `Host` set to the upstream's, `Content-Length` set to the size of a body read
-    for signing (`body`, or `spooled` with the `body_digest` fed as it was read), and the path
+    for signing (`body`, or `spooled` with the `body_digest` fed as it was read) or to the
+    declared length of a body that streams (`streamed`), and the path
     mapped onto the upstream's. One pass over the app's headers, which keep their order."""
     route = match.route
     edited = route.edited_headers
     named = connection_tokens(headers)
     if body is not None:
         length: str | None = str(len(body))
+    elif spooled is not None:
+        length = str(spooled.size)
     else:
-        length = None if spooled is None else str(spooled.size)
+        length = None if streamed is None else str(streamed)
     out: CIMultiDict[str] = CIMultiDict()
     host_done = length_done = False
     for name, value in headers.items():

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.admission import BadAuthority, split_host_port
 from proxy.config import RouteConfig
 from proxy.forward import UpstreamOptions
 from proxy.limits import RouteLimits
@@ -59,6 +60,10 @@ def parse_target(raw: str) -> RequestTarget:
         if "@" in authority or not authority:
             raise TargetError("the request URI must be http(s)://host[:port]/path")
         host = authority.lower()
+        try:
+            split_host_port(host)
+        except BadAuthority as err:
+            raise TargetError(f"invalid authority in the request URI: {err}") from None
         raw = rest
     elif not raw.startswith("/"):
         raise TargetError("the request target must be a path or an absolute http(s) URI")
@@ -111,7 +116,7 @@ class Route:
         host = port = None
         wildcard = False
         if config.match.host:
-            host, port = _split_host_port(config.match.host)
+            host, port = split_host_port(config.match.host)
             if host.startswith("*."):
                 host, wildcard = host[1:], True
         url = config.upstream_url
@@ -174,10 +179,13 @@ class RouteTable:
         if target.is_absolute:
             assert target.host is not None
             assert target.scheme is not None
-            host, port = _split_host_port(target.host)
+            host, port = split_host_port(target.host)
             port = port or _DEFAULT_PORTS[target.scheme]
         elif host_header:
-            host, port = _split_host_port(host_header.strip().lower())
+            try:
+                host, port = split_host_port(host_header.strip().lower())
+            except BadAuthority:  # admission refuses these first; never a route by accident
+                return None
         else:
             host, port = None, None
         for route in self.routes:
@@ -215,18 +223,3 @@ def takes_tunnel(route: Route, host: str, port: int, *, intercepted: bool) -> bo
     if intercepted and (not route.config.intercept or (route.port is None and port != 443)):
         return False
     return route.matches_host(host, port)
-
-
-def split_authority(authority: str) -> tuple[str, int | None]:
-    """`host[:port]` or `[v6][:port]` -> (host, port or None); the host keeps its brackets."""
-    return _split_host_port(authority)
-
-
-def _split_host_port(authority: str) -> tuple[str, int | None]:
-    if authority.startswith("["):
-        end = authority.find("]")
-        host, rest = authority[: end + 1], authority[end + 1 :]
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port_text = authority.partition(":")
-    return host, int(port_text) if port_text.isdigit() else None

@@ -8,10 +8,12 @@ error (with the key path), never a failed request later. The resolved value live
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, get_args, get_origin
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic.fields import FieldInfo
 
 _MASK: Final = "**********"
 
@@ -127,3 +129,55 @@ SecretValue = Annotated[
     WithJsonSchema(_SECRET_SCHEMA),
 ]
 """The field type every signer uses for credentials."""
+
+
+class HeaderBound:
+    """The marker of a secret that is sent in an HTTP header value (see `HeaderSecretValue`)."""
+
+    def __repr__(self) -> str:
+        return "HeaderBound()"
+
+
+HEADER_BOUND: Final = HeaderBound()
+
+# C0 controls except horizontal tab, and DEL: what a header value must not hold (RFC 9110 5.5).
+_HEADER_UNSAFE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def resolve_header_secret(raw: object) -> Secret:
+    """`resolve_secret`, refusing a value a header cannot carry. The error names the
+    character's code point, never the value."""
+    secret = resolve_secret(raw)
+    found = _HEADER_UNSAFE.search(secret.reveal())
+    if found is not None:
+        hint = ""
+        if secret.source.startswith("file:"):
+            hint = " (a secret file may end with one newline, and hold no other line break)"
+        raise ValueError(
+            f"a control character (U+{ord(found.group()):04X}) is not allowed: this secret "
+            f"is sent in an HTTP header{hint}"
+        )
+    return secret
+
+
+HeaderSecretValue = Annotated[
+    Secret,
+    PlainValidator(resolve_header_secret),
+    PlainSerializer(lambda s: _MASK, return_type=str),
+    WithJsonSchema(_SECRET_SCHEMA),
+    HEADER_BOUND,
+]
+"""The field type of a credential that goes into a header value (a token, an API key id):
+control characters are a config error at load and at reload, not a failed request later.
+Query-bound secrets are percent-encoded and keep `SecretValue`."""
+
+
+def is_header_bound(field: FieldInfo) -> bool:
+    """Whether a model field is a `HeaderSecretValue` (also as `HeaderSecretValue | None`)."""
+    return HEADER_BOUND in field.metadata or _marked(field.annotation)
+
+
+def _marked(annotation: object) -> bool:
+    if get_origin(annotation) is Annotated:
+        return HEADER_BOUND in getattr(annotation, "__metadata__", ())
+    return any(_marked(arg) for arg in get_args(annotation))

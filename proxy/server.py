@@ -25,20 +25,31 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from proxy.access import is_loopback
-from proxy.admin import make_admin_app
-from proxy.aiohttp_internals import check_tunnel_hooks
+from proxy.admin import admin_runner
+from proxy.aiohttp_internals import HardenedServer
 from proxy.app import ProxyHandler, Runtime
-from proxy.config import Config, ConfigError, load_config, parse_host_port
+from proxy.config import (
+    Config,
+    ConfigError,
+    ConfigProblem,
+    InvalidSetting,
+    format_path,
+    parse_config,
+    parse_host_port,
+    read_config_text,
+    setting_at,
+)
 from proxy.forward import Forwarder
 from proxy.interception.leaves import normalize_host
 from proxy.logs import access_log, get_logger, on_parser_refusal
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
-from proxy.reload import ConfigWatcher, watched_files
+from proxy.reload import ConfigWatcher, fingerprint, watched_files
 from proxy.signals import (
     CLOSE_WAIT_SECONDS,
     CUT_WAIT_SECONDS,
     StopSignals,
 )
+from proxy.startup import build_runtime
 from proxy.threads import DaemonThreadPool
 
 log = get_logger("signing_proxy")
@@ -106,7 +117,9 @@ class ProxyServer:
         self.reload_metrics = ReloadMetrics(self.metrics.registry)
         self.credential_metrics = CredentialMetrics(self.metrics.registry)
         self.forwarder = Forwarder()
-        runtime = Runtime.build(config, self.credential_metrics.callback)
+        source = "<config>" if config_path is None else str(config_path)
+        # Raises ConfigError (key path, never a secret) for a setting that cannot be used.
+        runtime = build_runtime(config, source, on_refresh_for=self.credential_metrics.callback)
         self.handler = ProxyHandler(runtime, self.forwarder, self.metrics)
         self.draining = False
         self._runners: list[web.BaseRunner] = []
@@ -124,7 +137,6 @@ class ProxyServer:
         return not self.draining and self.runtime.is_ready()
 
     async def start(self) -> None:
-        check_tunnel_hooks()  # an aiohttp that moved them fails here, not on the first CONNECT
         await self.forwarder.start()
         for route in self.runtime.table.routes:
             await route.signer.start()
@@ -132,7 +144,7 @@ class ProxyServer:
         # app sent, under its own Content-Encoding, never decoded behind the app's back.
         limits = self.runtime.config.request_limits
         self._unhook_parser_refusals = on_parser_refusal(self.metrics.parser_refusals.inc)
-        server = web.Server(
+        server = HardenedServer(
             self.handler,
             handler_cancellation=True,
             access_log=None,
@@ -140,6 +152,8 @@ class ProxyServer:
             max_line_size=limits.max_line_bytes,
             max_field_size=limits.max_field_bytes,
             max_headers=limits.max_headers,
+            header_timeout=limits.header_timeout,
+            on_header_timeout=self.metrics.header_timeouts.inc,
         )
         self._web_server = server
         # stop() waits for the requests itself, within shutdown_timeout: by the time the runner
@@ -150,11 +164,13 @@ class ProxyServer:
         if self.worker:
             self._spawn(self._report_readiness(worker_ready_gauge(self.metrics.registry)))
         else:
-            admin_app = make_admin_app(self.metrics.registry, self.is_ready, self.metrics.sync)
-            admin_runner = web.AppRunner(
-                admin_app, access_log=None, shutdown_timeout=CLOSE_WAIT_SECONDS
+            admin = admin_runner(
+                self.metrics.registry,
+                self.is_ready,
+                self.metrics.sync,
+                shutdown_timeout=CLOSE_WAIT_SECONDS,
             )
-            sites.append((admin_runner, self.admin))
+            sites.append((admin, self.admin))
         for runner, address in sites:
             await runner.setup()
             self._runners.append(runner)
@@ -193,33 +209,55 @@ class ProxyServer:
             await asyncio.sleep(0.5)
 
     async def reload(self, reason: str) -> bool:
-        """Load the config file again; swap it in if valid. Returns whether it was applied."""
+        """Load the config file again; swap it in if valid. Returns whether it was applied.
+
+        Never raises: whatever goes wrong is a counted, logged failure that keeps the running
+        config, so the file watcher and the SIGHUP handler survive it and apply the next good
+        change.
+        """
         if self.config_path is None:
             return False
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(load_config, self.config_path)
-                runtime = Runtime.build(config, self.credential_metrics.callback)
-            except ConfigError as err:
-                problems = [str(problem) for problem in err.problems]
-                return self._reload_failed(reason, problems)
-            except ValueError as err:  # a signer refused its config at build time
-                return self._reload_failed(reason, [str(err)])
-            for route in runtime.table.routes:
-                await route.signer.start()
-            old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
-            self._interception_gauges(runtime)
-            self._warn_on_restart_settings(old.config, config)
-            if self._watcher is not None:
-                self._watcher.watch(watched_files(config, self.config_path))
-            self.reload_metrics.loaded(reloaded=True)
-            log.info(
-                "config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes]
-            )
-            for route in old.table.routes:
-                await route.signer.close()
-            thaw_garbage_collector()
-            return True
+                return await self._reload(reason, self.config_path)
+            except Exception as err:  # a bug of ours: still never the end of reloading
+                problem = f"unexpected {type(err).__name__} while reloading"
+                return self._reload_failed(reason, [problem])
+
+    async def _reload(self, reason: str, path: str | Path) -> bool:
+        source = str(path)
+        config: Config | None = None
+        try:
+            text = await asyncio.to_thread(read_config_text, path)
+            config = await asyncio.to_thread(parse_config, text, source)
+            runtime = build_runtime(config, source, text, self.credential_metrics.callback)
+        except ConfigError as err:
+            if config is not None and self._watcher is not None:
+                # Also watch the files the refused config names (a new CA file, say), from
+                # their state now: fixing one of them is then a change, like an edit of the
+                # config file.
+                new = [p for p in watched_files(config, path) if p not in self._watcher.paths]
+                baseline = await asyncio.to_thread(fingerprint, new)
+                self._watcher.watch([*self._watcher.paths, *new], baseline)
+            return self._reload_failed(reason, [str(problem) for problem in err.problems])
+        try:
+            for index, route in enumerate(runtime.table.routes):
+                with setting_at("routes", index, "signer"):
+                    await route.signer.start()
+        except InvalidSetting as err:
+            await _close_signers(runtime)
+            problem = ConfigProblem(format_path(err.key), 1, err.message)
+            return self._reload_failed(reason, [str(problem)])
+        old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+        self._interception_gauges(runtime)
+        self._warn_on_restart_settings(old.config, config)
+        if self._watcher is not None:
+            self._watcher.watch(watched_files(config, path))
+        self.reload_metrics.loaded(reloaded=True)
+        log.info("config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes])
+        await _close_signers(old)
+        thaw_garbage_collector()
+        return True
 
     def _reload_failed(self, reason: str, problems: list[str]) -> bool:
         self.reload_metrics.failed()
@@ -259,7 +297,7 @@ class ProxyServer:
         deadline = loop.time() + self.shutdown_timeout
         self.draining = True
         # Tunnels: idle ones close now, busy ones once their request is answered (the TLS
-        # close bounded to ~2 s); the runner's shutdown below waits for them with the rest.
+        # close bounded to ~2 s); the in-flight wait below covers their requests.
         self.handler.tunnels.drain()
         for task in list(self._tasks):
             task.cancel()
@@ -326,3 +364,12 @@ class ProxyServer:
             finally:
                 await self.stop()
         log.info("stopped")
+
+
+async def _close_signers(runtime: Runtime) -> None:
+    """Stop the background work of a replaced (or refused) config's signers."""
+    for route in runtime.table.routes:
+        try:
+            await route.signer.close()
+        except Exception as err:  # the swap is done: a failure here must not undo the reload
+            log.warning("signer_close_failed", route=route.name, error_type=type(err).__name__)

@@ -20,7 +20,7 @@ import orjson
 from multidict import CIMultiDict
 
 from proxy.app import Runtime
-from proxy.command import EXIT_CONFIG, load_or_report
+from proxy.command import EXIT_CONFIG, build_or_report
 from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
@@ -37,8 +37,8 @@ EXIT_USAGE = 1
 
 
 def sign_command(args: argparse.Namespace) -> int:
-    config = load_or_report(args.config)
-    if config is None:
+    runtime = build_or_report(args.config)
+    if runtime is None:
         return EXIT_CONFIG
     try:
         ctx = SigningContext(
@@ -48,7 +48,6 @@ def sign_command(args: argparse.Namespace) -> int:
         headers = parse_headers(args.header)
         body = read_data(args.data, args.data_binary)
         method = (args.method or ("POST" if body is not None else "GET")).upper()
-        runtime = Runtime.build(config)
         match = find_route(runtime, args.url, args.route, headers.get("Host"))
     except ValueError as err:
         print(f"signing-proxy sign: {err}", file=sys.stderr)

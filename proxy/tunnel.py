@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from aiohttp import web
 
 from proxy.access import AccessPolicy
+from proxy.admission import BadAuthority, check_request, split_host_port
 from proxy.aiohttp_internals import (
     connect_bytes_pending,
     server_of,
@@ -47,7 +48,6 @@ from proxy.routing import (
     Route,
     RouteMatch,
     RouteTable,
-    split_authority,
     takes_tunnel,
 )
 
@@ -101,6 +101,7 @@ def plan_connect(request: web.BaseRequest, runtime: Runtime, open_tunnels: int) 
     """Decide a CONNECT, or raise the ProxyError of its refusal (in the documented order)."""
     if runtime.access is not None:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
+    check_request(request)  # target bytes, framing, Host (proxy/admission.py)
     host, port = parse_authority(request.raw_path)
     table = runtime.table
     intercepted = port != PLAIN_PORT
@@ -118,7 +119,7 @@ def plan_connect(request: web.BaseRequest, runtime: Runtime, open_tunnels: int) 
             "requests it signs",
             close=True,
         )
-    if connect_bytes_pending(request):
+    if connect_bytes_pending(request) or _declares_body(request):
         raise ProxyError(
             400,
             "early_tunnel_data",
@@ -132,14 +133,24 @@ def plan_connect(request: web.BaseRequest, runtime: Runtime, open_tunnels: int) 
     return TunnelPlan(host, port, route, intercepted)
 
 
+def _declares_body(request: web.BaseRequest) -> bool:
+    """A CONNECT with framing for a body: its "body" would be the tunnel's first bytes."""
+    headers = request.headers
+    return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
+
+
 def parse_authority(target: str) -> tuple[str, int]:
     """A CONNECT target (`host:port`, `[v6]:port`) -> (host, port); 400 for anything else."""
-    host, port = split_authority(target.strip().lower())
+    invalid = ProxyError(
+        400, "invalid_target", "CONNECT needs host:port, e.g. api.example.com:443", close=True
+    )
+    try:
+        host, port = split_host_port(target.strip().lower())
+    except BadAuthority:
+        raise invalid from None
     host = host.rstrip(".")
-    if port is None or not 0 < port <= 65535 or not host or "/" in host or "@" in host:
-        raise ProxyError(
-            400, "invalid_target", "CONNECT needs host:port, e.g. api.example.com:443", close=True
-        )
+    if port is None or not host or "/" in host or "@" in host:
+        raise invalid
     if host.startswith("["):
         try:
             ipaddress.IPv6Address(host[1:-1])
@@ -176,7 +187,10 @@ class Tunnel:
         named = target.host or host
         if named:
             scheme = target.scheme or self.scheme
-            named_host, named_port = split_authority(named.strip().lower())
+            try:
+                named_host, named_port = split_host_port(named.strip().lower())
+            except BadAuthority:
+                raise ProxyError(400, "invalid_host", f"cannot route {named!r}") from None
             default = TLS_PORT if scheme == "https" else PLAIN_PORT
             if (named_host.rstrip("."), named_port or default) != (plan.host, plan.port):
                 raise ProxyError(
@@ -393,6 +407,16 @@ class TunnelManager:
             tunnel.close_reason = "closed"
             return None
         return tls, buffer.data
+
+
+def target_for_log(raw_target: str) -> str:
+    """A CONNECT's target as its log line names it: `host:port` once it parses (never the
+    bytes of one that does not)."""
+    try:
+        host, port = parse_authority(raw_target)
+    except ProxyError:
+        return ""
+    return f"{host}:{port}"
 
 
 def handshake_failure_reason(err: BaseException) -> str:

@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from proxy.admin import make_admin_app
+from proxy.admin import admin_runner
 from proxy.config import parse_host_port
 from proxy.logs import get_logger
 from proxy.signals import CLOSE_WAIT_SECONDS, STOP_MARGIN_SECONDS, StopSignals
@@ -121,11 +121,7 @@ class Supervisor:
                     process.send_signal(signum)
 
     async def run(self, on_ready: Callable[[], object] | None = None) -> int:
-        runner = web.AppRunner(
-            make_admin_app(self.registry, self.is_ready),
-            access_log=None,
-            shutdown_timeout=CLOSE_WAIT_SECONDS,
-        )
+        runner = admin_runner(self.registry, self.is_ready, shutdown_timeout=CLOSE_WAIT_SECONDS)
         with StopSignals(on_hangup=lambda: self._signal_workers(signal.SIGHUP)) as signals:
             try:
                 await runner.setup()

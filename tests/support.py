@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -270,6 +271,183 @@ def running_proxy(config: dict[str, Any], workdir: Path, **kwargs: Any) -> Itera
 
 def route(name: str, upstream: str, signer: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"name": name, "upstream": upstream, "signer": signer, **extra}
+
+
+@dataclass
+class Reply:
+    status: int
+    head: bytes
+    body: bytes
+    closed: bool = False  # the proxy closed the connection (rather than the client timing out)
+
+    def error_code(self) -> str | None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            code: str = json.loads(self.body)["error"]["code"]
+            return code
+        return None
+
+
+def send(port: int, data: bytes, timeout: float = 5) -> Reply:
+    """Raw bytes in, the whole reply (up to the proxy closing the connection) out."""
+    chunks = []
+    closed = False
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            pass
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    status = int(parts[1]) if head.startswith(b"HTTP/") and len(parts) > 1 else 0
+    return Reply(status, head, body, closed)
+
+
+class RawUpstream:
+    """A plain TCP server that records every byte it receives, connection by connection, and
+    answers each request it can frame with `200 ok` (a `TRACE` with the request echoed back, as
+    Apache httpd does). For asserting exactly what reached the upstream: the proxy's framing,
+    a body, a second request smuggled behind the first.
+
+    Framing is read strictly (RFC 9112): a `Content-Length` of decimal digits, or `chunked`;
+    anything else ends the connection after recording it.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._connections: list[bytearray] = []
+        self._arrivals: list[bytes] = []  # every chunk received, on any connection, in order
+        self.heads: list[bytes] = []  # each request head as received, in order
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> bytes:
+        """Everything received so far, on all connections, in the order it arrived."""
+        with self._lock:
+            return b"".join(self._arrivals)
+
+    @property
+    def connections(self) -> list[bytes]:
+        """What each connection received, in the order the connections were accepted."""
+        with self._lock:
+            return [bytes(data) for data in self._connections]
+
+    def mark(self) -> int:
+        """A point to compare `received_since` with."""
+        return len(self.received)
+
+    def received_since(self, mark: int) -> bytes:
+        return self.received[mark:]
+
+    def start(self) -> RawUpstream:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self._thread.join(5)
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.1)  # so that `stop()` is seen
+        while not self._stopping:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            data = bytearray()
+            with self._lock:
+                self._connections.append(data)
+            threading.Thread(target=self._serve, args=(conn, data), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, data: bytearray) -> None:
+        buffer = bytearray()
+
+        def read_more() -> bool:
+            chunk = conn.recv(65536)
+            if chunk:
+                with self._lock:
+                    data.extend(chunk)
+                    self._arrivals.append(chunk)
+                buffer.extend(chunk)
+            return bool(chunk)
+
+        def take(count: int) -> bytes | None:
+            while len(buffer) < count:
+                if not read_more():
+                    return None
+            taken = bytes(buffer[:count])
+            del buffer[:count]
+            return taken
+
+        def take_line() -> bytes | None:
+            while b"\r\n" not in buffer:
+                if not read_more():
+                    return None
+            line, _, rest = bytes(buffer).partition(b"\r\n")
+            buffer[:] = rest
+            return line
+
+        conn.settimeout(30)
+        with conn, contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    if not read_more():
+                        return
+                head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+                buffer[:] = rest
+                with self._lock:
+                    self.heads.append(head)
+                fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:]]
+                named = {name.strip().lower(): value.strip() for name, value in fields}
+                if b"transfer-encoding" in named:
+                    if named[b"transfer-encoding"] != b"chunked":
+                        return
+                    while True:
+                        size_line = take_line()
+                        if size_line is None or not re.fullmatch(rb"[0-9a-fA-F]{1,8}", size_line):
+                            return
+                        size = int(size_line, 16)
+                        if take(size + 2) is None:
+                            return
+                        if size == 0:
+                            break
+                elif b"content-length" in named:
+                    length = named[b"content-length"]
+                    if not length.isdigit() or take(int(length)) is None:
+                        return
+                if head.startswith(b"TRACE "):
+                    body = head + b"\r\n\r\n"
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@contextlib.contextmanager
+def running_raw_upstream() -> Iterator[RawUpstream]:
+    upstream = RawUpstream().start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
 
 
 @dataclass

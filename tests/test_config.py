@@ -11,10 +11,13 @@ from pathlib import Path
 import jsonschema
 import pydantic
 import pytest
+import trustme
 import yaml
 
 from proxy.cli import config_schema_json
 from proxy.config import ConfigError, load_config, parse_config
+
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ROUTE = "{name: ok, match: {path_prefix: /ok}, upstream: 'https://api.example.com', signer: {scheme: bearer, token: t}}"  # noqa: E501
@@ -299,6 +302,48 @@ BAD_CONFIGS = [
         5,
         "reseller",
     ),
+    (
+        "trace-retried",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /a}
+            upstream: https://x.example.com
+            signer: {scheme: bearer, token: t}
+            retries: {attempts: 2, methods: [GET, trace]}
+        """,
+        "routes[0].retries.methods",
+        6,
+        "TRACE is refused",
+    ),
+    (
+        "zero-upstream-connections",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /a}
+            upstream: https://x.example.com
+            signer: {scheme: bearer, token: t}
+            max_upstream_connections: 0
+        """,
+        "routes[0].max_upstream_connections",
+        6,
+        "greater than 0",
+    ),
+    (
+        "zero-header-timeout",
+        """\
+        request_limits: {header_timeout: 0}
+        routes:
+          - name: a
+            match: {path_prefix: /a}
+            upstream: https://x.example.com
+            signer: {scheme: bearer, token: t}
+        """,
+        "request_limits.header_timeout",
+        1,
+        "greater than 0",
+    ),
 ]
 
 
@@ -390,6 +435,7 @@ def test_upstream_defaults_to_https_exact_host() -> None:
     assert config.routes[0].upstream == "https://demo.devresults.com"
 
 
+@pytest.mark.exact_versions  # older pydantic writes an equivalent schema differently
 def test_schema_is_current() -> None:
     committed = (REPO / "config" / "schema.json").read_text()
     assert json.loads(committed) == json.loads(config_schema_json()), (
@@ -447,6 +493,27 @@ def test_check_invalid_config_exits_2_with_every_problem(tmp_path: Path) -> None
     assert result.returncode == 2
     assert f"{path}:5: routes[0].signer.token: environment variable" in result.stderr
     assert f"{path}:6: routes[0].max_body_bytes:" in result.stderr
+
+
+def test_check_builds_what_run_builds(tmp_path: Path) -> None:
+    """A CA file that exists but is not PEM passed `check` and then crashed `run`: `check`
+    now builds the TLS contexts and signers too, and names the key and its line."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"routes:\n  - {GOOD_ROUTE}\n"
+        "  - name: b\n    match: {path_prefix: /b}\n    upstream: https://x.example.com\n"
+        "    signer: {scheme: bearer, token: t}\n"
+        f"    tls:\n      ca_file: {tmp_path / 'ca.pem'}\n"
+    )
+    result = _cli("check", "--config", str(path))
+    assert result.returncode == 2
+    assert f"{path}:8: routes[1].tls.ca_file: {tmp_path / 'ca.pem'} is not a PEM" in result.stderr
+    assert "Traceback" not in result.stderr
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    result = _cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
 
 
 def test_check_missing_file_exits_2(tmp_path: Path) -> None:

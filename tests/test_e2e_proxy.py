@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ProxyProcess, Upstream, running_proxy, running_upstream
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 TOKEN = "tok-e2e-7f3a9c"
 
 

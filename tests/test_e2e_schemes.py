@@ -20,6 +20,8 @@ from tests.verifiers.devo import verify_devo, verify_devo_token
 from tests.verifiers.devresults import verify_devresults
 from tests.verifiers.jscrambler import verify_body, verify_query
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 MIB = 1024 * 1024
 CREDS = {
     "devresults": {"token": "dr-token-e2e", "secret": "dr-secret-e2e-1f9c"},

@@ -35,7 +35,15 @@ from hypothesis import strategies as st
 
 from proxy.config import parse_config
 from proxy.server import ProxyServer
-from tests.support import ProxyProcess, Upstream, free_port, running_proxy, running_upstream
+from tests.support import (
+    ProxyProcess,
+    Reply,
+    Upstream,
+    free_port,
+    running_proxy,
+    running_upstream,
+    send,
+)
 from tests.verifiers.devengo import verify_devengo
 from tests.verifiers.devo import verify_devo, verify_devo_token
 from tests.verifiers.devresults import verify_devresults
@@ -137,39 +145,20 @@ def _routes(upstream_url: str) -> list[dict[str, Any]]:
     return routes
 
 
-@pytest.fixture(scope="module")
-def proxy(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+# aiohttp's two request parsers: llhttp (its C extension) and the pure-Python one it falls back
+# to where no wheel exists (AIOHTTP_NO_EXTENSIONS=1 forces it). They differ in what they
+# tolerate; every hostile test runs against both and expects the same answers.
+PARSERS = {"llhttp": {}, "python": {"AIOHTTP_NO_EXTENSIONS": "1"}}
+
+
+@pytest.fixture(scope="module", params=list(PARSERS))
+def proxy(
+    request: pytest.FixtureRequest, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
     config = {"routes": _routes(upstream.url)}
-    with running_proxy(config, tmp_path_factory.mktemp("hostile")) as process:
+    env = PARSERS[request.param]
+    with running_proxy(config, tmp_path_factory.mktemp("hostile"), env=env) as process:
         yield process
-
-
-@dataclass
-class Reply:
-    status: int
-    head: bytes
-    body: bytes
-
-    def error_code(self) -> str | None:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            code: str = json.loads(self.body)["error"]["code"]
-            return code
-        return None
-
-
-def send(port: int, data: bytes, timeout: float = 5) -> Reply:
-    """Raw bytes in, the whole reply (up to the proxy closing the connection) out."""
-    chunks = []
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        with contextlib.suppress(TimeoutError, ConnectionResetError):
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    status = int(parts[1]) if head.startswith(b"HTTP/") and len(parts) > 1 else 0
-    return Reply(status, head, body)
 
 
 @contextlib.contextmanager
@@ -364,11 +353,34 @@ def test_conflicting_framing_is_400_and_nothing_forwarded(
     serves(proxy, upstream)
 
 
-TOLERATED_FRAMING: dict[str, bytes] = {
+# Transfer codings other than `chunked` alone: refused, never silently dropped (the parser's 400
+# for some, the proxy's 501 for the rest, as nginx answers).
+REFUSED_CODINGS: dict[str, bytes] = {
     "identity-then-chunked": _post(
-        b"Transfer-Encoding: identity, chunked\r\nConnection: close\r\n",
-        b"5\r\nhello\r\n0\r\n\r\n",
+        b"Transfer-Encoding: identity, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"
     ),
+    "gzip-then-chunked": _post(b"Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+    "chunked-twice": _post(b"Transfer-Encoding: chunked, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+    "deflate-then-chunked": _post(
+        b"Transfer-Encoding: deflate,chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_CODINGS))
+def test_transfer_codings_other_than_chunked_are_refused(
+    proxy: ProxyProcess, upstream: Upstream, case: str
+) -> None:
+    with nothing_forwarded(upstream):
+        reply = send(proxy.port, REFUSED_CODINGS[case])
+    assert reply.status in {400, 501}, reply
+    if reply.status == 501:
+        assert reply.error_code() == "unsupported_transfer_coding"
+        assert b"\r\nConnection: close" in reply.head
+    serves(proxy, upstream)
+
+
+TOLERATED_FRAMING: dict[str, bytes] = {
     "upper-case-chunked": _post(
         b"Transfer-Encoding: CHUNKED\r\nConnection: close\r\n", b"5\r\nhello\r\n0\r\n\r\n"
     ),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 import yaml
 from aiohttp import web
@@ -17,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from tests.support import free_port, running_proxy, running_upstream
+
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
 
 # Distinctive values: a hit can only be a leak.
 SECRETS = {

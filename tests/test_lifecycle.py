@@ -31,6 +31,7 @@ def _config(upstream_url: str) -> dict[str, object]:
     }
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_in_flight_request_finishes_then_exit_0(tmp_path: Path, sig: int) -> None:
     arrived = threading.Event()
@@ -74,6 +75,7 @@ def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.smoke
 def test_invalid_config_at_run_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("routes: []\n")
@@ -164,3 +166,29 @@ def test_garbage_collector_settled_after_start_and_thawed_after_reload() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok", done.stdout
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_unusable_ca_file_at_run_exits_2_with_the_key_path(tmp_path: Path, workers: str) -> None:
+    """`check` and `run` build the same things: a CA file that validates (it exists) but is not
+    PEM is refused before anything listens, with its key path, never a traceback."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "routes:\n"
+        "  - name: a\n"
+        "    match: {path_prefix: /}\n"
+        "    upstream: https://127.0.0.1:1\n"
+        "    signer: {scheme: bearer, token: t}\n"
+        f"    tls: {{ca_file: {tmp_path / 'ca.pem'}}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(config), "--workers", workers,
+         "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{config}:6: routes[0].tls.ca_file:" in result.stderr
+    assert "is not a PEM bundle of CA certificates" in result.stderr
+    assert "Traceback" not in result.stderr

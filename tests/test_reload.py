@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+import trustme
 import yaml
 from aiohttp import web
 
@@ -128,6 +129,7 @@ def _start(
     return proxy.start()
 
 
+@pytest.mark.smoke
 def test_rotated_secret_is_used_within_2_seconds(
     upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
 ) -> None:
@@ -191,6 +193,60 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
             ),
             timeout=3,
         )
+    finally:
+        assert proxy.stop() == 0
+
+
+@pytest.mark.smoke
+def test_rotated_secret_with_a_line_break_is_refused_and_the_old_one_kept(
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
+) -> None:
+    """A header-bound secret with a control character once passed reload and then failed every
+    request (aiohttp's plain-text 500); it is a reload failure naming the key, never the value."""
+    proxy = _start(upstream, volumes, tmp_path)
+    try:
+        volumes[1].write({"token": "token-Zt5\nsecond-line\n"})
+        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
+        problems = " ".join(_events(proxy, "config_reload_failed")[0]["problems"])
+        assert "routes[0].signer.token: a control character (U+000A)" in problems
+        assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
+        volumes[1].write({"token": "token-two\n"})
+        assert _wait_for(
+            lambda: _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-two",
+            timeout=3,
+        )
+        assert "Zt5" not in proxy.logs()
+    finally:
+        assert proxy.stop() == 0
+
+
+def test_fixing_a_file_a_refused_config_names_applies_it(
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
+) -> None:
+    """A new route names a CA file that is not PEM yet: refused. Fixing that file alone (a file
+    the running config does not name), with no edit of the config, applies the config."""
+    proxy = _start(upstream, volumes, tmp_path)
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca_file.write_text("not yet\n")
+        config = yaml.safe_load(_config(upstream, volumes[1].root / "token"))
+        config["routes"].append(
+            {
+                "name": "b",
+                "match": {"path_prefix": "/b"},
+                "upstream": upstream.url,
+                "signer": {"scheme": "bearer", "token": "b"},
+                "tls": {"ca_file": str(ca_file)},
+            }
+        )
+        volumes[0].write({"config.yaml": yaml.safe_dump(config)})
+        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
+        assert requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 403
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        assert _wait_for(
+            lambda: requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 200, timeout=3
+        ), proxy.logs()
+        assert len(_events(proxy, "config_reload_failed")) == 1
     finally:
         assert proxy.stop() == 0
 
@@ -311,3 +367,116 @@ def _sleeper(upstream: Upstream, seconds: float) -> Any:
         return await upstream.echo(request)
 
     return handler
+
+
+@pytest.mark.smoke
+def test_unusable_ca_file_is_a_counted_failure_and_later_changes_still_apply(
+    upstream: Upstream, volumes: tuple[KubeletVolume, KubeletVolume], tmp_path: Path
+) -> None:
+    """A readable CA file that is not PEM, arriving by reload, once killed the watcher silently:
+    no log, no failure count, and no later change (a rotated token) was ever applied."""
+    ca = trustme.CA()
+    good_ca = ca.cert_pem.bytes().decode()
+    config_volume, secret_volume = volumes
+    secret_volume.write({"token": "token-one\n", "ca.pem": good_ca})
+    config = yaml.safe_load(_config(upstream, secret_volume.root / "token"))
+    config["routes"].append(
+        {
+            "name": "tls",
+            "match": {"path_prefix": "/tls"},
+            "upstream": "https://127.0.0.1:1",
+            "signer": {"scheme": "bearer", "token": "t"},
+            "tls": {"ca_file": str(secret_volume.root / "ca.pem")},
+        }
+    )
+    config_volume.write({"config.yaml": yaml.safe_dump(config)})
+    (tmp_path / "config.yaml").symlink_to(config_volume.root / "config.yaml")
+    proxy = ProxyProcess({}, tmp_path, write_config=False).start()
+    try:
+        assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
+
+        def failures() -> list[dict[str, Any]]:
+            return _events(proxy, "config_reload_failed")
+
+        # By the file watcher: the CA bundle is replaced by something readable but not PEM.
+        secret_volume.write({"token": "token-one\n", "ca.pem": "not a certificate\n"})
+        assert _wait_for(lambda: len(failures()) == 1, timeout=5), proxy.logs()
+        assert "routes[1].tls.ca_file" in " ".join(failures()[0]["problems"])
+        assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
+        # By SIGHUP: the same failure, counted again; the process keeps serving.
+        assert proxy.process is not None
+        proxy.process.send_signal(signal.SIGHUP)
+        assert _wait_for(lambda: len(failures()) == 2, timeout=5), proxy.logs()
+        assert failures()[1]["reason"] == "SIGHUP"
+        metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+        assert 'signing_proxy_config_reloads_total{result="failure"} 2.0' in metrics
+        assert requests.get(f"{proxy.admin_url}/readyz", timeout=5).status_code == 200
+
+        # The next good change (CA fixed, token rotated) is applied.
+        secret_volume.write({"token": "token-two\n", "ca.pem": good_ca})
+        assert _wait_for(
+            lambda: _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-two",
+            timeout=5,
+        ), proxy.logs()
+        assert "Traceback" not in proxy.logs()
+    finally:
+        assert proxy.stop() == 0
+
+
+async def test_watcher_outlives_a_failing_change_handler(tmp_path: Path) -> None:
+    from proxy.reload import ConfigWatcher
+
+    watched = tmp_path / "watched"
+    watched.write_text("one")
+    calls: list[str] = []
+
+    async def on_change() -> None:
+        calls.append(watched.read_text())
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the handler")
+
+    watcher = ConfigWatcher([watched], on_change, interval=0.02)
+    watcher.start()
+    try:
+        watched.write_text("two")
+        for _ in range(200):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        watched.write_text("three")
+        for _ in range(200):
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await watcher.stop()
+    assert calls == ["two", "three"]
+
+
+async def test_an_unexpected_error_while_reloading_is_a_counted_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy import server as server_module
+    from proxy.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "routes: [{name: a, match: {path_prefix: /}, upstream: 'http://127.0.0.1:1', "
+        "signer: {scheme: bearer, token: t}}]"
+    )
+    proxy = server_module.ProxyServer(load_config(path), config_path=path)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret-in-message-Kq1")
+
+    monkeypatch.setattr(server_module, "build_runtime", broken)
+    assert await proxy.reload("test") is False
+    registry = proxy.metrics.registry
+    sample = "signing_proxy_config_reloads_total"
+    assert registry.get_sample_value(sample, {"result": "failure"}) == 1.0
+    logged = capsys.readouterr()
+    assert "unexpected RuntimeError while reloading" in logged.out + logged.err
+    assert "Kq1" not in logged.out + logged.err  # the type, never the message
+    monkeypatch.undo()
+    assert await proxy.reload("test") is True  # the next good reload applies
+    assert registry.get_sample_value(sample, {"result": "success"}) == 1.0

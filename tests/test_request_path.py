@@ -31,6 +31,8 @@ from proxy.signers.bearer import BearerConfig
 from tests.support import Upstream, in_process_proxy, running_upstream
 from tests.verifiers.devo import verify_devo
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 TOKEN = "tok-3f9a"
 DEVO_KEY, DEVO_SECRET = "devo-key-1", "devo-secret-1"
 BIG = bytes(range(256)) * 1200  # 300 KiB: streamed, not read whole

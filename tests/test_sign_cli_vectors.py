@@ -144,6 +144,7 @@ def test_devresults_vector_via_cli(vector: dict[str, Any], tmp_path: Path) -> No
     assert out["url"] == expected["signed_url"].replace("http://", "https://", 1)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("vector", _cases("devo"))
 def test_devo_vector_via_cli(vector: dict[str, Any], tmp_path: Path) -> None:
     out = _sign("devo", vector, tmp_path)

@@ -35,7 +35,7 @@ from typing import Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from proxy.http import is_field_name
-from proxy.secrets import Secret, SecretValue
+from proxy.secrets import HeaderSecretValue, Secret, SecretValue
 from proxy.signers import aws_credentials
 from proxy.signers.aws_canonical import (
     ALGORITHM,
@@ -120,9 +120,10 @@ class AwsSigV4Config(SignerConfig):
     service: str | None = None
     region: str | None = None
     detect: bool = False
-    access_key_id: SecretValue | None = None
+    # In the Authorization and X-Amz-Security-Token headers (or, presigning, the query).
+    access_key_id: HeaderSecretValue | None = None
     secret_access_key: SecretValue | None = None
-    session_token: SecretValue | None = None
+    session_token: HeaderSecretValue | None = None
     role_arn: str | None = None
     session_name: str | None = None
     external_id: str | None = None

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
 
 class BearerConfig(SignerConfig):
     scheme: Literal["bearer"]
-    token: SecretValue
+    token: HeaderSecretValue  # Authorization: Bearer <token>
 
 
 class BearerSigner(Signer[BearerConfig]):

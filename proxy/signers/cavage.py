@@ -31,7 +31,7 @@ from typing import Final, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from proxy.http import is_field_name
-from proxy.secrets import Secret, SecretValue
+from proxy.secrets import HeaderSecretValue, Secret, SecretValue
 from proxy.signers.base import (
     BodyDigest,
     Signer,
@@ -80,7 +80,7 @@ class CavageConfig(SignerConfig):
     profile: Literal["oci", "activitypub"] = Field(
         default="oci", description="Defaults for header, headers and body_headers."
     )
-    key_id: SecretValue = Field(description="The keyId parameter (sent in clear).")
+    key_id: HeaderSecretValue = Field(description="The keyId parameter (sent in clear).")
     algorithm: Literal["rsa-sha256", "hmac-sha256"] = "rsa-sha256"
     key_encoding: KeyEncoding = Field(
         default="raw", description="hmac-sha256 only: the key is raw text or base64."

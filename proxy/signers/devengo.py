@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from typing import Final, Literal
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue, SecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
 
@@ -58,8 +58,8 @@ class DevengoConfig(SignerConfig):
     """A route's `signer:` block for `scheme: devengo` (API key signature headers)."""
 
     scheme: Literal["devengo"]
-    api_key_id: SecretValue
-    secret: SecretValue
+    api_key_id: HeaderSecretValue  # X-Devengo-Api-Key-Id
+    secret: SecretValue  # only the HMAC key
 
 
 class DevengoSigner(Signer[DevengoConfig]):

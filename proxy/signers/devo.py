@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Iterable
 from typing import Final, Literal
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue, SecretValue
 from proxy.signers.base import (
     BodyDigest,
     Signer,
@@ -49,8 +49,8 @@ def _devo_credential_headers(names: Iterable[str]) -> list[str]:
 
 class DevoConfig(SignerConfig):
     scheme: Literal["devo"]
-    api_key: SecretValue
-    api_secret: SecretValue
+    api_key: HeaderSecretValue  # sent in the key header
+    api_secret: SecretValue  # only the HMAC key
     key_header: Literal["reseller", "domain", "query"] = "reseller"
 
 
@@ -103,7 +103,7 @@ class DevoSigner(Signer[DevoConfig]):
 
 class DevoTokenConfig(SignerConfig):
     scheme: Literal["devo-token"]
-    token: SecretValue
+    token: HeaderSecretValue  # the standAloneToken header
 
 
 class DevoTokenSigner(Signer[DevoTokenConfig]):

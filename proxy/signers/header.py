@@ -7,14 +7,14 @@ from typing import Literal
 from pydantic import field_validator
 
 from proxy.http import MANAGED_HEADERS, is_field_name
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
 
 class HeaderConfig(SignerConfig):
     scheme: Literal["header"]
     name: str
-    value: SecretValue
+    value: HeaderSecretValue
 
     @field_validator("name")
     @classmethod

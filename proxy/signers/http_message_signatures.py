@@ -27,7 +27,7 @@ from http_sf.item import ser_item
 from pydantic import Field, ValidationInfo, field_validator
 
 from proxy.http import is_field_name
-from proxy.secrets import Secret, SecretValue
+from proxy.secrets import HeaderSecretValue, Secret, SecretValue
 from proxy.signers.base import (
     BodyDigest,
     Signer,
@@ -64,7 +64,7 @@ class HttpMessageSignaturesConfig(SignerConfig):
     """A route's `signer:` block for `scheme: http-message-signatures` (RFC 9421)."""
 
     scheme: Literal["http-message-signatures"]
-    key_id: SecretValue = Field(description="The keyid parameter (sent in clear).")
+    key_id: HeaderSecretValue = Field(description="The keyid parameter (sent in clear).")
     algorithm: Algorithm
     key_encoding: KeyEncoding = Field(
         default="raw", description="hmac-sha256 only: the key is raw text or base64."

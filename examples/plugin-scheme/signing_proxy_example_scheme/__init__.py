@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from typing import Literal
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue, SecretValue
 from proxy.signers import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
 __all__ = ["ExampleConfig", "ExampleSigner"]
@@ -22,7 +22,7 @@ class ExampleConfig(SignerConfig):
     """A route's `signer:` block for `scheme: example-hmac`."""
 
     scheme: Literal["example-hmac"]
-    key_id: SecretValue
+    key_id: HeaderSecretValue  # sent in a header: control characters are a config error
     secret: SecretValue
     header_prefix: str = "X-Example"
 

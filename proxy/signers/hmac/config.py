@@ -11,7 +11,7 @@ from typing import Final, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from proxy.secrets import SecretValue
+from proxy.secrets import HeaderSecretValue, SecretValue
 from proxy.signers.base import SignerConfig
 from proxy.signers.hmac.plan import PlanError, build_plan
 from proxy.signers.hmac.spec import Placements, SignSpec, VarSpec
@@ -27,7 +27,8 @@ class HmacConfig(SignerConfig):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     scheme: Literal["hmac"]
-    key_id: SecretValue | None = Field(
+    # Header-safe whatever the templates do with it: an identifier never holds a line break.
+    key_id: HeaderSecretValue | None = Field(
         default=None, description="An identifier sent in clear: {key_id} in templates."
     )
     secret: SecretValue = Field(description="The HMAC secret, usable only in sign.key.")
