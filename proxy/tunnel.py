@@ -337,30 +337,16 @@ class TunnelManager:
         handler: RequestHandler | None = None
         try:
             transport.write(ESTABLISHED)
-            pending = bytearray()
             active: asyncio.Transport = transport
+            pending = bytearray()
             if plan.intercepted:
-                assert runtime.leaves is not None
-                context = runtime.leaves.context_for(plan.host.strip("[]"))
-                if (expiry := runtime.leaves.not_after(plan.host.strip("[]"))) is not None:
-                    self.metrics.leaf_expiry.labels(route).set(expiry)
-                tls = await self._handshake(tunnel, transport, context, config)
+                tls = await self._intercept(tunnel, transport, runtime)
                 if tls is None:
                     return _never_sent()
                 active, pending = tls
-            server = server_of(request)
-            handler = server()
-            set_keepalive_timeout(handler, config.idle_timeout + 5)
-            connection = TunnelConnection(tunnel, handler, config.idle_timeout)
-            tunnel.connection = connection
-            self._by_handler[handler] = tunnel
-            active.set_protocol(connection)
-            handler.connection_made(active)
-            if pending:
-                connection.data_received(bytes(pending))
-            if self._draining:
-                connection.drain()
-            await asyncio.shield(connection.closed)
+            handler = self._attach(request, tunnel, active, pending, config)
+            assert tunnel.connection is not None
+            await asyncio.shield(tunnel.connection.closed)
         except asyncio.CancelledError:
             # The server's shutdown gave up waiting: cut the tunnel.
             tunnel.close_reason = tunnel.close_reason or "shutdown"
@@ -368,6 +354,10 @@ class TunnelManager:
                 tunnel.connection.close("shutdown")
             transport.abort()
             raise
+        except Exception as err:  # a bug of ours: the 200 is out, so only the connection can go
+            log.error("tunnel_failed", route=route, error_type=type(err).__name__)
+            tunnel.close_reason = "error"
+            transport.abort()
         finally:
             if handler is not None:
                 self._by_handler.pop(handler, None)
@@ -376,6 +366,40 @@ class TunnelManager:
             self.metrics.closed.labels(route, tunnel.close_reason or "closed").inc()
             log.info("tunnel", **tunnel.log_fields())
         return _never_sent()
+
+    def _attach(
+        self,
+        request: web.BaseRequest,
+        tunnel: Tunnel,
+        transport: asyncio.Transport,
+        pending: bytearray,
+        config: TunnelsConfig,
+    ) -> RequestHandler:
+        """Give the connection a request handler of its own, as if it had just been accepted
+        (`pending`: what arrived during the TLS handshake)."""
+        handler = server_of(request)()
+        set_keepalive_timeout(handler, config.idle_timeout + 5)
+        connection = TunnelConnection(tunnel, handler, config.idle_timeout)
+        tunnel.connection = connection
+        self._by_handler[handler] = tunnel
+        transport.set_protocol(connection)
+        handler.connection_made(transport)
+        if pending:
+            connection.data_received(bytes(pending))
+        if self._draining:
+            connection.drain()
+        return handler
+
+    async def _intercept(
+        self, tunnel: Tunnel, transport: asyncio.Transport, runtime: Runtime
+    ) -> tuple[asyncio.Transport, bytearray] | None:
+        """TLS under the host's certificate (minted or renewed now if it must be)."""
+        assert runtime.leaves is not None
+        host = tunnel.plan.host.strip("[]")
+        context = runtime.leaves.context_for(host)
+        if (expiry := runtime.leaves.not_after(host)) is not None:
+            self.metrics.leaf_expiry.labels(tunnel.plan.route.name).set(expiry)
+        return await self._handshake(tunnel, transport, context, runtime.config.tunnels)
 
     async def _handshake(
         self,
