@@ -324,6 +324,21 @@ def test_curl_without_the_ca_fails_and_nothing_is_forwarded(
     assert 'signing_proxy_tunnel_handshake_failures_total{reason="' in metrics
 
 
+def test_interception_expiry_gauges(c_proxy: ProxyProcess) -> None:
+    """Set at start-up (the exact host's leaf is minted then): the CA's expiry and the leaf's,
+    7 days out by default."""
+    values = {}
+    for line in _scrape(c_proxy).splitlines():
+        if line.startswith("signing_proxy_interception_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    now = time.time()
+    ca = values["signing_proxy_interception_ca_expiry_timestamp_seconds"]
+    leaf = values['signing_proxy_interception_leaf_expiry_timestamp_seconds{route="vendor"}']
+    assert now + 300 * 86400 < ca
+    assert now + 6.9 * 86400 < leaf <= now + 7 * 86400
+
+
 def test_refused_connects_log_their_target_and_close(setup: Setup, proxy: ProxyProcess) -> None:
     for target, status in (("unrouted.test:443", 403), ("api.plain.test:443", 403)):
         result = subprocess.run(
