@@ -29,8 +29,10 @@ examples:
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
-(HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs). Requests that match no route
-are refused with 403.
+(http_proxy and HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs; a CONNECT to port 80
+of a routed host is signed too). For https:// URLs a route can opt into HTTPS interception
+(intercept: true, with a CA from `signing-proxy ca create`). Requests that match no route are
+refused with 403; the proxy never opens a blind tunnel.
 """
 
 
