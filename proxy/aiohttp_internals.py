@@ -33,9 +33,11 @@ handler, so:
 - `connect_bytes_pending`: bytes the client sent after the CONNECT head, before the 200.
   aiohttp keeps them as the upgraded connection's tail (`RequestHandler._message_tail`); the
   pure-Python parser may put the first of them into the CONNECT's payload instead.
-- `end_connect_payload`: a refused CONNECT's connection closes once the refusal is sent. The
-  pure-Python parser reads whatever follows a CONNECT as its body, and aiohttp would wait up
-  to its lingering time (10 s) for that body to end before closing: it is ended here.
+- `end_connect_payload`: a refused CONNECT's connection closes once the refusal is sent, and
+  what the client sent after the CONNECT is never read as a request. The pure-Python parser
+  reads it as the CONNECT's body, and aiohttp would wait up to its lingering time (10 s) for
+  that body to end: it is ended here. The tail aiohttp holds is dropped (`_message_tail`):
+  aiohttp 3.11 parsed it as the next requests before the answer went out.
 - `server_of`: the `web.Server` a request arrived on (`RequestHandler._manager`), whose
   `__call__` makes the request handler (the asyncio protocol) of a new connection: the
   tunnel's connection gets one as if it had just been accepted (a `HardenedRequestHandler`,
@@ -450,7 +452,11 @@ def connect_bytes_pending(request: web.BaseRequest) -> bool:
 
 
 def end_connect_payload(request: web.BaseRequest) -> None:
-    """Before a refused CONNECT's answer: nothing after it is read (no lingering close)."""
+    """Before a refused CONNECT's answer: what followed it is dropped and nothing more is read
+    (no lingering close). aiohttp < 3.13 even parsed the held tail as the next requests
+    (`finish_response`), failing before the answer went out."""
+    if request.protocol is not None:
+        request.protocol._message_tail = b""
     if not request.content.is_eof():
         request.content.feed_eof()
 

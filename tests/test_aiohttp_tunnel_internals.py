@@ -20,6 +20,8 @@ from proxy.aiohttp_internals import (
     set_keepalive_timeout,
 )
 
+pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.ci/run)
+
 
 def test_every_private_part_is_present() -> None:
     assert missing_tunnel_hooks() == []

@@ -108,6 +108,7 @@ async def _wait_for(predicate: Any, timeout: float = 5) -> None:
 # --- CONNECT host:80: a plain tunnel --------------------------------------------------------
 
 
+@pytest.mark.smoke  # also on the lowest dependency versions
 async def test_a_plain_tunnel_signs_every_request_like_forward_mode(
     upstream: Upstream, ca_dir: Path
 ) -> None:
@@ -168,6 +169,7 @@ async def test_without_interception_only_port_80_is_a_tunnel(upstream: Upstream)
 # --- CONNECT host:443 for an intercepting route ---------------------------------------------
 
 
+@pytest.mark.smoke  # also on the lowest dependency versions
 async def test_an_intercepted_tunnel_signs_inside_tls(upstream: Upstream, ca_dir: Path) -> None:
     async with _proxy(upstream, ca_dir) as proxy:
         client = await _client(proxy)
@@ -279,6 +281,7 @@ async def test_every_other_connect_is_refused_and_nothing_is_reached(
     assert upstream.seen == []
 
 
+@pytest.mark.smoke  # also on the lowest dependency versions
 async def test_bytes_before_the_200_are_refused(upstream: Upstream, ca_dir: Path) -> None:
     async with _proxy(upstream, ca_dir) as proxy:
         for authority, early in (
