@@ -178,6 +178,11 @@ def supported_range() -> str:
 DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0  # seconds idle between requests (nginx's default)
 
 # (owner, attribute) pairs this module relies on; an upgrade that drops one must fail here.
+# The connection's request parser: `_parser` since aiohttp 3.14, `_request_parser` before.
+_PARSER_ATTRIBUTE: Final = (
+    "_parser" if hasattr(web_protocol.RequestHandler, "_parser") else "_request_parser"
+)
+
 _PRIVATE_HOOKS: Final = (
     (web_protocol.RequestHandler, "data_received"),
     (web_protocol.RequestHandler, "connection_made"),
@@ -185,7 +190,7 @@ _PRIVATE_HOOKS: Final = (
     (web_protocol.RequestHandler, "handle_error"),
     (web_protocol.RequestHandler, "_waiter"),
     (web_protocol.RequestHandler, "_messages"),
-    (web_protocol.RequestHandler, "_parser"),
+    (web_protocol.RequestHandler, _PARSER_ATTRIBUTE),
     (HttpRequestParserPy, "parse_message"),
     (HttpRequestParserPy, "feed_data"),
     (web.Server, "__call__"),
@@ -308,8 +313,9 @@ class HardenedRequestHandler(web_protocol.RequestHandler):
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
-        if type(self._parser) is HttpRequestParserPy:
-            _StrictPythonRequestParser.adopt(self._parser)
+        parser = getattr(self, _PARSER_ATTRIBUTE)
+        if type(parser) is HttpRequestParserPy:
+            _StrictPythonRequestParser.adopt(parser)
         self._header_timeout = header_timeout
         self._on_header_timeout = on_header_timeout
         self._header_timer: asyncio.TimerHandle | None = None

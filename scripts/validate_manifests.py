@@ -267,7 +267,7 @@ def check_proxy_pod(
     spec: dict[str, Any],
     docs: list[dict[str, Any]],
 ) -> list[tuple[dict[str, Any], list[str]]]:
-    """Returns (ConfigMap doc, secret mount paths) pairs for the config check."""
+    """Returns (ConfigMap doc, Secret mount paths) pairs for the config check."""
     configs: list[tuple[dict[str, Any], list[str]]] = []
     found = list(proxy_containers(spec))
     report.check(bool(found), f"{label}: runs a signing-proxy container")
@@ -450,6 +450,81 @@ def file_refs(node: Any) -> Iterator[dict[str, Any]]:
             yield from file_refs(item)
 
 
+def _in_mounts(path: str, mounts: list[str]) -> bool:
+    return any(path.startswith(mount + "/") for mount in mounts)
+
+
+def _dummy_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _dummy_cert_pem(key_pem: bytes) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "config-check")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def fake_key_material(node: Any, tmp: Path, mounts: list[str], report: Report, who: str) -> None:
+    """Files whose content the program checks: a `private_key` gets a real (throwaway) PEM key;
+    a `tls:` block's client_cert/client_key/ca_file (paths, not secrets) must be in a Secret
+    mount and get a matching throwaway certificate and key."""
+    if isinstance(node, list):
+        for item in node:
+            fake_key_material(item, tmp, mounts, report, who)
+        return
+    if not isinstance(node, dict):
+        return
+    key = node.get("private_key")
+    if isinstance(key, dict) and "file" in key:
+        Path(key["file"]).write_bytes(_dummy_key_pem())
+    tls = node.get("tls")
+    if isinstance(tls, dict) and (tls.get("client_cert") or tls.get("ca_file")):
+        key_pem = _dummy_key_pem()
+        cert_pem = _dummy_cert_pem(key_pem)
+        for field, content in (
+            ("client_cert", cert_pem),
+            ("client_key", key_pem),
+            ("ca_file", cert_pem),
+        ):
+            path = tls.get(field)
+            if not isinstance(path, str):
+                continue
+            report.check(
+                _in_mounts(path, mounts),
+                f"{who}: tls.{field} {path} is in a Secret mount ({', '.join(mounts) or 'none'})",
+            )
+            dummy = tmp / "tls" / path.lstrip("/")
+            dummy.parent.mkdir(parents=True, exist_ok=True)
+            dummy.write_bytes(content)
+            tls[field] = str(dummy)
+    for value in node.values():
+        fake_key_material(value, tmp, mounts, report, who)
+
+
 def check_config(
     report: Report, program: str, cm: dict[str, Any], secrets_paths: list[str], label: str
 ) -> None:
@@ -470,9 +545,8 @@ def check_config(
         # The CA's files are checked by check_ca_mounts (a Secret of their own).
         for ref in file_refs({k: v for k, v in fake.items() if k != "interception"}):
             path = ref["file"]
-            inside = any(path.startswith(mount + "/") for mount in secrets_paths)
             report.check(
-                inside,
+                _in_mounts(path, secrets_paths),
                 f"{who}: credential file {path} is in a Secret mount "
                 f"({', '.join(secrets_paths) or 'none'})",
             )
@@ -480,6 +554,7 @@ def check_config(
             dummy.parent.mkdir(parents=True, exist_ok=True)
             dummy.write_text("dummy-credential-0123456789abcdef\n")
             ref["file"] = str(dummy)
+        fake_key_material(fake, Path(tmp), secrets_paths, report, who)
         for name, path in ca_files.items():
             fake["interception"][name] = {"file": path}
         config_file = Path(tmp) / "config.yaml"
@@ -588,11 +663,11 @@ def main() -> int:
         for doc in docs:
             tpl = pod_template(doc)
             if tpl and any(True for _ in proxy_containers(tpl[1])):
-                for cm, secrets_path in check_proxy_pod(
+                for cm, secrets_paths in check_proxy_pod(
                     report, f"{label} {name_of(doc)}", tpl[0], tpl[1], docs
                 ):
                     if args.program:
-                        check_config(report, args.program, cm, secrets_path, label)
+                        check_config(report, args.program, cm, secrets_paths, label)
         check_references(report, docs)
         if args.program and not any(pod_template(d) for d in docs):
             for cm in (
