@@ -435,3 +435,17 @@ async def test_plain_http_into_an_intercepted_tunnel_is_a_failed_handshake(
             )
         )
         assert upstream.seen == []
+
+
+async def test_a_client_outside_allow_networks_gets_no_tunnel(
+    upstream: Upstream, ca_dir: Path
+) -> None:
+    access = {"allow_networks": ["10.0.0.0/8"]}
+    async with _proxy(upstream, ca_dir, access=access) as proxy:
+        for authority in ("api.plain.test:80", "api.vendor.test:443"):
+            client = await _client(proxy)
+            answer = await client.connect(authority)
+            assert (answer.status, b"client_not_allowed" in answer.body) == (403, True)
+            assert await client.closed_by_peer()
+        assert _metric(proxy, "signing_proxy_tunnels_opened_total") == 0
+        assert upstream.seen == []
