@@ -32,8 +32,10 @@ examples:
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
-(HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs). Requests that match no route
-are refused with 403.
+(http_proxy and HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs; a CONNECT to port 80
+of a routed host is signed too). For https:// URLs a route can opt into HTTPS interception
+(intercept: true, with a CA from `signing-proxy ca create`). Requests that match no route are
+refused with 403; the proxy never opens a blind tunnel.
 """
 
 
@@ -107,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sign.add_argument("url", help="the URL the app would request")
 
+    from proxy.interception.cacmd import add_ca_parser
+
+    add_ca_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="run the proxy on a demo config in front of a local echo server"
     )
@@ -149,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.signcmd import sign_command
 
         return sign_command(args)
+    if args.command == "ca":
+        from proxy.interception.cacmd import ca_command
+
+        return ca_command(args)
     if args.command == "demo":
         from proxy.demo import run_demo
 
@@ -184,8 +194,22 @@ def _check(path: str) -> int:
         match = " ".join(
             f"{key}={value}" for key, value in route.match.model_dump().items() if value is not None
         )
+        intercept = "  intercept" if route.intercept else ""
         print(
             f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
+            f"{intercept}"
+        )
+    if config.interception is not None:
+        from proxy.interception.ca import CertificateAuthority
+
+        interception = config.interception
+        ca = CertificateAuthority.from_pem(
+            interception.ca_cert.reveal(), interception.ca_key.reveal()
+        )
+        print(
+            f"  interception: CA {ca.subject} (ca_cert={interception.ca_cert.source}, "
+            f"ca_key={interception.ca_key.source}) valid until {ca.not_after:%Y-%m-%d}; "
+            f"host certificates for {interception.leaf_validity_days} day(s)"
         )
     return 0
 

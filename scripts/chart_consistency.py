@@ -26,7 +26,7 @@ import yaml
 STRUCTURED = {
     "image", "proxy", "config", "secret", "spool", "tmpVolume", "sidecar", "serviceAccount",
     "service", "autoscaling", "podDisruptionBudget", "serviceMonitor", "podMonitor",
-    "networkPolicy", "networkPolicy.egress", "prometheusRule", "grafanaDashboard",
+    "networkPolicy", "networkPolicy.egress", "prometheusRule", "grafanaDashboard", "interception",
 }  # fmt: skip
 
 
