@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
@@ -26,8 +26,6 @@ from proxy.config import Config, setting_at
 from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder, UpstreamResponse
-from proxy.interception.ca import CertificateAuthority
-from proxy.interception.leaves import LeafStore, normalize_host
 from proxy.logs import access_log, get_logger
 from proxy.metrics import Metrics, TunnelMetrics
 from proxy.relay import relay
@@ -42,6 +40,9 @@ from proxy.signers import (
     build_signer,
 )
 from proxy.tunnel import Tunnel, TunnelManager, plan_connect, target_for_log
+
+if TYPE_CHECKING:
+    from proxy.interception.leaves import LeafStore
 
 log = get_logger("signing_proxy")
 
@@ -111,6 +112,11 @@ def _leaf_store(config: Config) -> LeafStore | None:
     interception = config.interception
     if interception is None:
         return None
+    # Here, not at the top: only a config with `interception` needs cryptography (~7 MiB of
+    # a sidecar's memory: bench/footprint.py).
+    from proxy.interception.ca import CertificateAuthority
+    from proxy.interception.leaves import LeafStore, normalize_host
+
     ca = CertificateAuthority.from_pem(interception.ca_cert.reveal(), interception.ca_key.reveal())
     exact = [
         normalize_host(

@@ -40,7 +40,6 @@ from proxy.config import (
     setting_at,
 )
 from proxy.forward import Forwarder
-from proxy.interception.leaves import normalize_host
 from proxy.logs import access_log, get_logger, on_parser_refusal
 from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
 from proxy.reload import ConfigWatcher, fingerprint, watched_files
@@ -305,6 +304,8 @@ class ProxyServer:
         leaves = runtime.leaves
         if leaves is None:
             return
+        from proxy.interception.leaves import normalize_host  # with interception only
+
         metrics = self.handler.tunnels.metrics
         metrics.ca_expiry.set(leaves.ca.not_after.timestamp())
         for route in runtime.table.routes:

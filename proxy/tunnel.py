@@ -40,7 +40,6 @@ from proxy.aiohttp_internals import (
 from proxy.config import Config
 from proxy.errors import ProxyError
 from proxy.interception.config import TunnelsConfig
-from proxy.interception.leaves import SNI_REFUSED_REASON, LeafStore
 from proxy.logs import get_logger
 from proxy.metrics import TunnelMetrics
 from proxy.routing import (
@@ -53,6 +52,8 @@ from proxy.routing import (
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
+
+    from proxy.interception.leaves import LeafStore
 
 
 class Runtime(Protocol):
@@ -446,6 +447,8 @@ def target_for_log(raw_target: str) -> str:
 def handshake_failure_reason(err: BaseException) -> str:
     """A low-cardinality reason for a failed TLS handshake of a tunnel's client."""
     if isinstance(err, ssl.SSLError):
+        from proxy.interception.leaves import SNI_REFUSED_REASON  # with interception only
+
         reason = (err.reason or "").upper()
         if reason == SNI_REFUSED_REASON:
             return "sni_mismatch"

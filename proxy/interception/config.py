@@ -10,7 +10,6 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from proxy.interception.ca import load_ca_certificate, load_ca_key
 from proxy.secrets import Secret, SecretValue
 
 DEFAULT_LEAF_VALIDITY_DAYS: Final = 7
@@ -69,6 +68,10 @@ class InterceptionConfig(_Model):
     @field_validator("ca_cert")
     @classmethod
     def _a_ca(cls, value: Secret) -> Secret:
+        # Here, not at the top: only a config with `interception` needs cryptography (~7 MiB of
+        # a sidecar's memory: bench/footprint.py).
+        from proxy.interception.ca import load_ca_certificate
+
         try:
             load_ca_certificate(value.reveal())
         except ValueError as err:
@@ -78,6 +81,8 @@ class InterceptionConfig(_Model):
     @field_validator("ca_key")
     @classmethod
     def _matching_key(cls, value: Secret, info: ValidationInfo) -> Secret:
+        from proxy.interception.ca import load_ca_certificate, load_ca_key
+
         cert = info.data.get("ca_cert")
         certificate = load_ca_certificate(cert.reveal()) if isinstance(cert, Secret) else None
         try:
