@@ -94,15 +94,19 @@ def test_every_command_module_imports_on_its_own() -> None:
 
 _LOADED = """\
 import sys
+import proxy.server
 from proxy.app import Runtime
+from proxy.cli import build_parser
 from proxy.config import parse_config
+build_parser()
 Runtime.build(parse_config(sys.stdin.read()))
 print(" ".join(sorted(sys.modules)))
 """
 
 
 def _modules_for(*signers: dict[str, str]) -> set[str]:
-    """The modules a fresh interpreter holds once it has built the runtime of these routes."""
+    """The modules a fresh interpreter holds once it has what `run` imports and builds for
+    these routes (the command line's parser included)."""
     routes = [
         {"name": f"r{i}", "match": {"path_prefix": f"/r{i}"},
          "upstream": "https://x.example.com", "signer": signer}

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from proxy.interception.ca import create_ca
-
 EXIT_USAGE = 2
 
 
@@ -33,6 +31,8 @@ def add_ca_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def ca_command(args: argparse.Namespace) -> int:
+    from proxy.interception.ca import create_ca  # cryptography: for this command only
+
     assert args.ca_command == "create"
     out = Path(args.out)
     try:
