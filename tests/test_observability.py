@@ -8,10 +8,13 @@ promtool tests skip, except under CI (CI=true), where they fail.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,9 +24,20 @@ from pathlib import Path
 import promql_parser
 import pytest
 import requests
+import trustme
 import yaml
+from aiohttp import web
 
-from tests.support import ProxyProcess, free_port, route, running_proxy, running_upstream
+from tests.support import (
+    ProxyProcess,
+    Upstream,
+    free_port,
+    route,
+    running_proxy,
+    running_upstream,
+    send,
+)
+from tests.tunnel_support import TunnelClient, trusting
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "signing-proxy.json"
@@ -53,12 +67,16 @@ def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
 # ---- a real scrape ---------------------------------------------------------------------------
 
 
-def _traffic(proxy: ProxyProcess) -> None:
-    """Requests that fill the metric families: answered, refused, failed upstream."""
+def _wait_ready(proxy: ProxyProcess) -> None:
     deadline = time.monotonic() + 20
     while requests.get(f"{proxy.admin_url}/readyz", timeout=5).status_code != 200:
         assert time.monotonic() < deadline, proxy.logs()
         time.sleep(0.1)
+
+
+def _traffic(proxy: ProxyProcess) -> None:
+    """Requests that fill the metric families: answered, refused, failed upstream."""
+    _wait_ready(proxy)
     assert requests.post(f"{proxy.url}/ok/x", data=b"a" * 100, timeout=5).status_code == 200
     assert requests.get(f"{proxy.url}/nowhere", timeout=5).status_code == 403
     assert requests.get(f"{proxy.url}/down/x", timeout=5).status_code == 502
@@ -75,14 +93,105 @@ def _config(upstream_url: str) -> dict[str, object]:
     }
 
 
+async def _token(request: web.BaseRequest) -> web.Response:
+    """A loopback OAuth2 token endpoint (client credentials grant)."""
+    await request.read()
+    return web.json_response(
+        {"access_token": "not-a-real-access-token", "token_type": "Bearer", "expires_in": 3600}
+    )
+
+
+def _every_feature(upstream: Upstream, workdir: Path) -> dict[str, object]:
+    """The basic config plus each feature that has metrics of its own: HTTPS interception (a
+    CA made by `signing-proxy ca create`), upstream mutual TLS (a trustme client certificate),
+    an OAuth2 token route, and a short request-head timeout."""
+    subprocess.run(
+        [sys.executable, "-m", "proxy", "ca", "create", "--out", str(workdir / "ca")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    client = trustme.CA().issue_cert("client.example", common_name="client")
+    client.cert_chain_pems[0].write_to_path(str(workdir / "client.crt"))
+    client.private_key_pem.write_to_path(str(workdir / "client.key"))
+    closed_tls = f"https://127.0.0.1:{free_port()}"  # never reached: the gauge is set at load
+    oauth2 = {
+        "scheme": "oauth2-client-credentials",
+        "token_url": f"{upstream.url}/token",
+        "client_id": "observability",
+        "client_secret": "not-a-real-client-secret",
+    }
+    mtls = {"client_cert": str(workdir / "client.crt"), "client_key": str(workdir / "client.key")}
+    config = _config(upstream.url)
+    config["routes"] = [  # type: ignore[operator]
+        *config["routes"],  # type: ignore[misc]
+        route("oauth", upstream.url, oauth2, match={"path_prefix": "/oauth"}),
+        route("mtls", closed_tls, {"scheme": "bearer", "token": "t"}, tls=mtls,
+              match={"path_prefix": "/mtls"}),
+        route("vendor", upstream.url, {"scheme": "bearer", "token": "t"}, intercept=True,
+              match={"host": "api.vendor.test"}),
+    ]  # fmt: skip
+    config["interception"] = {
+        "ca_cert": {"file": str(workdir / "ca" / "ca.crt")},
+        "ca_key": {"file": str(workdir / "ca" / "ca.key")},
+    }
+    config["request_limits"] = {"header_timeout": 0.5}
+    return config
+
+
+async def _tunnels(port: int, ca_file: Path) -> None:
+    """An intercepted tunnel that carries a request, and one whose client does not trust the
+    CA (its handshake fails: nothing is forwarded)."""
+    good = await TunnelClient.open(port)
+    assert (await good.connect("api.vendor.test:443")).status == 200
+    await good.start_tls(trusting(ca_file), "api.vendor.test")
+    assert (await good.request("GET", "/x", host="api.vendor.test")).status == 200
+    good.close()
+    bad = await TunnelClient.open(port)
+    assert (await bad.connect("api.vendor.test:443")).status == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await bad.start_tls(trusting(None), "api.vendor.test")
+    bad.close()
+
+
+def _series(scrape: str, name: str) -> list[str]:
+    return [line for line in scrape.splitlines() if re.match(rf"{name}[{{ ]", line)]
+
+
+def _every_feature_traffic(proxy: ProxyProcess, workdir: Path) -> str:
+    """_traffic plus a request with an OAuth2 token, two intercepted tunnels, a request the
+    parser refuses and a connection that never finishes its request head; the scrape once
+    each has been counted."""
+    _traffic(proxy)
+    assert requests.get(f"{proxy.url}/oauth/x", timeout=5).status_code == 200
+    asyncio.run(_tunnels(proxy.port, workdir / "ca" / "ca.crt"))
+    assert send(proxy.port, b"NOT HTTP AT ALL\r\n\r\n").status == 400
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as slow:
+        slow.sendall(b"GET /ok/x HTTP/1.1\r\n")  # and nothing more
+        assert slow.recv(65536) == b""  # closed at the header timeout
+    counted = (
+        "signing_proxy_tunnel_handshake_failures_total",
+        "signing_proxy_tunnels_closed_total",
+        "signing_proxy_header_timeouts_total",
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        scrape = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+        if all(any(not s.endswith(" 0.0") for s in _series(scrape, n)) for n in counted):
+            return scrape
+        assert time.monotonic() < deadline, scrape
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """/metrics of a running single-process proxy after some traffic."""
+    """/metrics of a running single-process proxy with every feature that has metrics of its
+    own, after traffic that fills them."""
     with running_upstream() as upstream:
+        upstream.handlers["/token"] = _token
         workdir = tmp_path_factory.mktemp("scrape")
-        with running_proxy(_config(upstream.url), workdir) as proxy:
-            _traffic(proxy)
-            yield requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+        with running_proxy(_every_feature(upstream, workdir), workdir) as proxy:
+            yield _every_feature_traffic(proxy, workdir)
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -152,6 +261,35 @@ def test_the_scrape_declares_every_family(scrape: str) -> None:
     assert "signing_proxy_credential_expiry_timestamp_seconds" in names
     assert "signing_proxy_config_last_reload_successful" in names
     assert 'signing_proxy_errors_total{code="upstream_unreachable",route="down"} 1.0' in scrape
+
+
+def test_the_scrape_has_series_of_every_feature(scrape: str) -> None:
+    """Not only declared: the families of interception, tunnels, mutual TLS, OAuth2 tokens and
+    the refusals before routing have series, so promtool checks them with their labels."""
+
+    def value(series: str) -> float:
+        lines = [line for line in scrape.splitlines() if line.startswith(series + " ")]
+        assert len(lines) == 1, (series, _series(scrape, series.split("{")[0]))
+        return float(lines[0].rsplit(" ", 1)[1])
+
+    now = time.time()
+    assert value('signing_proxy_tunnels_opened_total{route="vendor",scheme="https"}') == 2
+    assert value("signing_proxy_tunnels_open") == 0
+    failures = _series(scrape, "signing_proxy_tunnel_handshake_failures_total")
+    assert re.search(  # the client's alert, or its close first
+        r'\{reason="(untrusted_certificate|client_closed)",route="vendor"\} 1\.0', "\n".join(failures)
+    ), failures
+    assert len(_series(scrape, "signing_proxy_tunnels_closed_total")) >= 1
+    assert value("signing_proxy_interception_ca_expiry_timestamp_seconds") > now + 300 * 86400
+    leaf = value('signing_proxy_interception_leaf_expiry_timestamp_seconds{route="vendor"}')
+    assert now < leaf <= now + 7 * 86400
+    cert = value('signing_proxy_client_certificate_expiry_timestamp_seconds{route="mtls"}')
+    assert cert > now + 30 * 86400  # trustme's certificates are long-lived
+    assert value('signing_proxy_credential_refresh_total{result="success",route="oauth"}') >= 1
+    token = value('signing_proxy_credential_expiry_timestamp_seconds{route="oauth"}')
+    assert now < token <= now + 3600
+    assert value("signing_proxy_parser_refusals_total") == 1
+    assert value("signing_proxy_header_timeouts_total") == 1
 
 
 def test_every_metric_the_dashboard_queries_is_exported(scrape: str) -> None:
