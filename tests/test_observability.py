@@ -365,12 +365,13 @@ def test_promtool_check_metrics_accepts_a_workers_scrape(tmp_path: Path) -> None
     """With --workers N the supervisor merges the workers' files: another exposition path."""
     promtool = _promtool()
     with running_upstream() as upstream:
-        config = _config(upstream.url)
+        upstream.handlers["/token"] = _token
+        config = _every_feature(upstream, tmp_path)
         with running_proxy(config, tmp_path, extra_args=["--workers", "2"]) as proxy:
-            _traffic(proxy)
-            scrape = requests.get(f"{proxy.admin_url}/metrics", timeout=5).text
+            scrape = _every_feature_traffic(proxy, tmp_path)
     assert "signing_proxy_worker_ready" in scrape
     assert "signing_proxy_requests_total" in scrape
+    assert 'signing_proxy_client_certificate_expiry_timestamp_seconds{route="mtls"}' in scrape
     result = _run(promtool, "check", "metrics", stdin=scrape)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
