@@ -98,8 +98,8 @@ PANELS: list[P | Row] = [
     P("Signing failures", f'sum by (route, code) (rate(signing_proxy_errors_total{{{SEL}, code=~"signing_failed|credentials_unavailable"}}{RATE}))', "reqps", "{{route}} {{code}}", description="Requests refused before anything was sent: the signer refused them, or the route's credentials were not available."),
     P("Time until credentials expire", f"min by (route) (signing_proxy_credential_expiry_timestamp_seconds{{{SEL}}}) - time()", "s", "{{route}}", description="Refreshing credentials only (AWS keys and roles, OAuth2 access tokens); they are refreshed before they expire."),
     P("Credential refreshes and OAuth2 token requests", f"sum by (route, result) (increase(signing_proxy_credential_refresh_total{{{SEL}}}{RATE}))", "short", "{{route}} {{result}}", description="AWS credential refreshes and OAuth2 token requests, by result; an error is logged with its reason (access_token_fetch_failed for OAuth2)."),
-    P("Time until upstream client certificates expire (mutual TLS)", f"min by (route) (signing_proxy_client_certificate_expiry_timestamp_seconds{{{SEL}}}) - time()", "s", "{{route}}", thresholds=(7 * 86400,), description="Routes with tls.client_cert only. The line is the alert's 7 days; cert-manager renews at two thirds of the lifetime, and the proxy picks a rotated pair up by itself."),
     P("Clock skew vs upstream Date", f"max by (instance, route) (signing_proxy_clock_skew_seconds{{{SEL}}})", "s", "{{instance}} {{route}}", thresholds=(30,), description="Local clock minus the upstream's Date header; past 30 s signed timestamps may be refused."),
+    P("Time until upstream client certificates expire (mutual TLS)", f"min by (route) (signing_proxy_client_certificate_expiry_timestamp_seconds{{{SEL}}}) - time()", "s", "{{route}}", thresholds=(7 * 86400,), width=24, description="Routes with tls.client_cert only. The line is the alert's 7 days; cert-manager renews at two thirds of the lifetime, and the proxy picks a rotated pair up by itself."),
     Row("Config and limits"),
     P("Config reloads", f"sum by (result) (increase(signing_proxy_config_reloads_total{{{JOB}}}{RATE}))", "short", "{{result}}"),
     P("Last reload failed (pods)", f"count(signing_proxy_config_last_reload_successful{{{JOB}}} == 0) or vector(0)", "short", kind="stat", width=6, thresholds=(1,)),
@@ -113,7 +113,7 @@ PANELS: list[P | Row] = [
     P("Open tunnels", f"sum by (instance) (signing_proxy_tunnels_open{{{JOB}}})", "short", "{{instance}}", description="Bounded by tunnels.max_open per proxy."),
     P("Tunnel handshake failures", f"sum by (route, reason) (rate(signing_proxy_tunnel_handshake_failures_total{{{SEL}}}{RATE}))", "ops", "{{route}} {{reason}}", description="untrusted_certificate (or client_closed): an app that does not trust the interception CA; sni_mismatch: an app that names another host; nothing was forwarded. Each is logged with handshake_error."),
     P("Tunnels closed", f"sum by (route, reason) (rate(signing_proxy_tunnels_closed_total{{{SEL}}}{RATE}))", "ops", "{{route}} {{reason}}"),
-    P("Time until interception certificates expire", "", "s", queries=((f"min(signing_proxy_interception_ca_expiry_timestamp_seconds{{{JOB}}} > 0) - time()", "CA"), (f"min by (route) (signing_proxy_interception_leaf_expiry_timestamp_seconds{{{SEL}}} > 0) - time()", "{{route}} host certificate")), thresholds=(14 * 86400,), description="Every intercepted tunnel fails once the CA expires (the line is the alert's 14 days); host certificates are renewed at half life."),
+    P("Time until interception certificates expire", "", "s", queries=((f"min(signing_proxy_interception_ca_expiry_timestamp_seconds{{{JOB}}} > 0) - time()", "CA"), (f"min by (route) (signing_proxy_interception_leaf_expiry_timestamp_seconds{{{SEL}}} > 0) - time()", "{{route}} host certificate")), thresholds=(14 * 86400,), width=24, description="Every intercepted tunnel fails once the CA expires (the line is the alert's 14 days); host certificates are renewed at half life."),
 ]  # fmt: skip
 
 
@@ -175,8 +175,9 @@ def build() -> str:
         gd.Dashboard("signing-proxy")
         .uid(UID)
         .description(
-            "signing-proxy: traffic, errors, latency, signing, credentials, reloads, clock skew "
-            "and limits. Built by scripts/build_monitoring.py; do not edit the JSON by hand."
+            "signing-proxy: traffic, errors, latency, signing, credentials, reloads, clock skew, "
+            "limits, HTTPS interception and tunnels. Built by scripts/build_monitoring.py; do not "
+            "edit the JSON by hand."
         )
         .tags(["signing-proxy"])
         .editable()
