@@ -276,10 +276,13 @@ def failure_cause(exc: BaseException) -> str:
     """What kind of failure `exc` is, one word for a log field: `tls_verification`, `tls`,
     `dns`, `refused`, `reset`, `timeout`, `disconnected` (closed with no answer),
     `bad_response` (not valid HTTP), else `connect` or `network`."""
-    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError) or isinstance(
-        os_error, ssl.SSLCertVerificationError
-    ):
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "tls_verification"
+    # `os_error` is unset on some connector errors in older aiohttp (3.11, 3.12.0).
+    os_error = (
+        getattr(exc, "os_error", None) if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    )
+    if isinstance(os_error, ssl.SSLCertVerificationError):
         return "tls_verification"
     if isinstance(exc, aiohttp.ClientSSLError) or isinstance(os_error, ssl.SSLError):
         return "tls"
@@ -308,7 +311,10 @@ def failure_reason(exc: BaseException) -> str:
         error = exc.certificate_error
         return getattr(error, "strerror", None) or str(error) or type(error).__name__
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or type(exc.os_error).__name__
+        os_error = getattr(exc, "os_error", None)
+        if os_error is None:
+            return type(exc).__name__
+        return os_error.strerror or type(os_error).__name__
     # A connect timeout's str() is "Connection timeout to host <the signed URL>".
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "no connection within timeout.connect"
