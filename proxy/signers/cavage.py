@@ -174,7 +174,7 @@ class CavageSigner(Signer[CavageConfig]):
         if "date" in signed_names and not _is_current(request.headers.get("Date"), ctx):
             added.append(("Date", formatdate(ctx.now_seconds, usegmt=True)))
         if not _COMPUTED_BODY_HEADERS.isdisjoint(signed_names):
-            body_hash = base64.b64encode(self._body_sha256(request)).decode()
+            body_hash = base64.b64encode(request.body_hash(hashlib.sha256).digest()).decode()
             if "x-content-sha256" in signed_names:
                 added.append(("x-content-sha256", body_hash))
             if "digest" in signed_names:
@@ -209,12 +209,6 @@ class CavageSigner(Signer[CavageConfig]):
         if values is None:
             raise MissingComponent(f"the request has no {name} header, which this route signs")
         return ", ".join(value.strip() for value in values)
-
-    @staticmethod
-    def _body_sha256(request: UpstreamRequest) -> bytes:
-        if request.body_digest is not None:  # a large body, hashed as it arrived
-            return request.body_digest.copy().digest()
-        return hashlib.sha256(request.body or b"").digest()
 
     def __repr__(self) -> str:
         return f"CavageSigner({self._algorithm}, headers={self._headers}, key={_MASK})"
