@@ -150,17 +150,19 @@ class CavageSigner(Signer[CavageConfig]):
         )
         self._key_id: Final = config.key_id.reveal()
         self._algorithm: Final = config.algorithm
-        self._header: Final = config.header or profile.header
         self._version: Final = config.profile == "oci"  # OCI's documented version="1"
-        self._headers: Final = config.headers or profile.headers
-        self._body_headers: Final = (
+        header = config.header or profile.header
+        self._auth_header: Final = "Authorization" if header == "authorization" else "Signature"
+        headers = config.headers or profile.headers
+        body_headers = (
             config.body_headers if config.body_headers is not None else profile.body_headers
         )
+        # Decided once per config load: the names signed without a body and with one.
+        self._headers: Final = headers
+        self._with_body: Final = headers + tuple(h for h in body_headers if h not in headers)
 
     def _signed(self, method: str) -> tuple[str, ...]:
-        if method.upper() in _BODY_METHODS:
-            return self._headers + tuple(h for h in self._body_headers if h not in self._headers)
-        return self._headers
+        return self._with_body if method.upper() in _BODY_METHODS else self._headers
 
     def needs_body(self, method: str) -> bool:
         return not _COMPUTED_BODY_HEADERS.isdisjoint(self._signed(method))
@@ -179,7 +181,7 @@ class CavageSigner(Signer[CavageConfig]):
                 added.append(("x-content-sha256", body_hash))
             if "digest" in signed_names:
                 added.append(("Digest", f"SHA-256={body_hash}"))
-        auth_header = "Authorization" if self._header == "authorization" else "Signature"
+        auth_header = self._auth_header
         prepared = request.with_headers(added, remove=[auth_header])
         lines = [f"{name}: {self._value(name, prepared)}" for name in signed_names]
         signing_string = "\n".join(lines)
@@ -193,7 +195,7 @@ class CavageSigner(Signer[CavageConfig]):
         if self._version:
             params.insert(0, 'version="1"')
         value = ",".join(params)
-        if self._header == "authorization":
+        if auth_header == "Authorization":
             value = f"Signature {value}"
         return SignResult(
             request=prepared.with_headers(((auth_header, value),)),
