@@ -26,7 +26,7 @@ from pydantic import (
 )
 from yarl import URL
 
-from proxy.http import MANAGED_HEADERS, is_field_name
+from proxy.http import check_settable_header
 from proxy.secrets import HeaderSecretValue
 from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
 from proxy.signers.hmac.config import KEY_PATH_CTX
@@ -177,7 +177,7 @@ class HeadersConfig(_Model):
     @classmethod
     def _valid_set(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header_value in value.items():
-            _check_header_name(name)
+            check_settable_header(name)
             if "\r" in header_value or "\n" in header_value:
                 raise ValueError(f"the value of {name} must be one line")
         return value
@@ -186,15 +186,8 @@ class HeadersConfig(_Model):
     @classmethod
     def _valid_remove(cls, value: list[str]) -> list[str]:
         for name in value:
-            _check_header_name(name)
+            check_settable_header(name)
         return value
-
-
-def _check_header_name(name: str) -> None:
-    if not is_field_name(name):
-        raise ValueError(f"{name!r} is not a valid header name")
-    if name.lower() in MANAGED_HEADERS:
-        raise ValueError(f"{name} is managed by the proxy and cannot be edited")
 
 
 class RateLimitConfig(_Model):

@@ -43,6 +43,18 @@ def is_field_name(name: str) -> bool:
     return _FIELD_NAME.fullmatch(name) is not None
 
 
+def check_settable_header(name: str) -> None:
+    """Raise ValueError unless a config may set or remove `name`: a valid field name that is not
+    one of the `MANAGED_HEADERS` (route header edits, the `header` and `hmac` schemes)."""
+    if not is_field_name(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower() in MANAGED_HEADERS:
+        raise ValueError(
+            f"{name} is managed by the proxy, which manages framing, routing and the connection"
+            " itself: it cannot be set or removed"
+        )
+
+
 def are_field_names(names: Iterable[str]) -> bool:
     """Whether every name is a valid field name (one regex call for all of them). For names as
     an HTTP parser delivers them, split at line ends: a name holding a newline is not checked."""
