@@ -23,11 +23,18 @@ def make_admin_handler(
     registry: CollectorRegistry,
     is_ready: Callable[[], bool],
     before_scrape: Callable[[], None] | None = None,
+    problems: Callable[[], dict[str, str]] | None = None,
 ) -> AdminHandler:
-    def status(text: str, code: int = 200) -> web.Response:
+    """`problems`: route name -> why its credentials are not usable yet (never a secret), shown
+    by a failing /readyz."""
+
+    def status(text: str, code: int = 200, routes: dict[str, str] | None = None) -> web.Response:
+        answer: dict[str, object] = {"status": text}
+        if routes:
+            answer["routes"] = routes
         return AsGivenResponse(
             status=code,
-            body=orjson.dumps({"status": text}),
+            body=orjson.dumps(answer),
             headers={"Content-Type": "application/json"},
         )
 
@@ -48,7 +55,9 @@ def make_admin_handler(
             )
         if path == "/healthz":
             return status("ok")
-        return status("ready") if is_ready() else status("not ready", 503)
+        if is_ready():
+            return status("ready")
+        return status("not ready", 503, problems() if problems is not None else None)
 
     return handle
 
@@ -57,11 +66,12 @@ def admin_runner(
     registry: CollectorRegistry,
     is_ready: Callable[[], bool],
     before_scrape: Callable[[], None] | None = None,
+    problems: Callable[[], dict[str, str]] | None = None,
     *,
     shutdown_timeout: float = 1.0,
 ) -> web.ServerRunner:
     server = HardenedServer(
-        make_admin_handler(registry, is_ready, before_scrape),
+        make_admin_handler(registry, is_ready, before_scrape, problems),
         access_log=None,
         header_timeout=10.0,
     )

@@ -68,12 +68,21 @@ class Runtime:
         cls,
         config: Config,
         on_refresh_for: Callable[[str], OnCredentialRefresh] | None = None,
+        previous: Runtime | None = None,
     ) -> Runtime:
         """Raises `InvalidSetting` naming the key of a setting that cannot be used; call it
-        through `proxy.startup.build_runtime`, which reports that as a config error."""
+        through `proxy.startup.build_runtime`, which reports that as a config error.
+
+        From a reload (`previous`), a route whose config is unchanged keeps its signer (and so
+        its credentials, such as a fetched token) and, while its TLS files are unchanged too,
+        its upstream options (and so its pooled connections)."""
         routes: list[Route] = []
         for index, rc in enumerate(config.routes):
+            kept = previous.table.by_name.get(rc.name) if previous is not None else None
             with setting_at("routes", index):
+                if kept is not None and kept.config == rc and kept.signer.still_current():
+                    routes.append(Route.compile(rc, kept.signer, kept.options))
+                    continue
                 with setting_at("signer"):
                     on_refresh = on_refresh_for(rc.name) if on_refresh_for else None
                     signer = build_signer(rc.signer, route=rc.name, on_refresh=on_refresh)
@@ -181,17 +190,21 @@ class ProxyHandler:
         upstream: UpstreamRequest,
         exchange: Exchange,
     ) -> UpstreamResponse:
-        """Sign and send; with `retries`, sign afresh (new time, new nonce) and send again."""
+        """Sign and send; with `retries`, sign afresh (new time, new nonce) and send again.
+
+        Credentials the upstream refuses (`signer.refused_statuses`, OAuth2's 401) are renewed,
+        and a replayable request sent once more with the new ones, apart from `retries`."""
         policy = route.retry
-        attempts = 1
-        if policy is not None:
-            replayable = (
-                upstream.body is not None or upstream.spooled is not None or not request.body_exists
-            )
-            attempts = policy.attempts_for(request.method, replayable)
+        replayable = (
+            upstream.body is not None or upstream.spooled is not None or not request.body_exists
+        )
+        attempts = policy.attempts_for(request.method, replayable) if policy else 1
+        refused = route.signer.refused_statuses
+        renewed = False  # once per request: a refused renewal is relayed, not renewed again
         attempt = 1
         while True:
             try:
+                await route.signer.before_sign()
                 signed = sign(route, upstream)
                 response = await self.forwarder.forward(request, signed, route.options, exchange)
             except ProxyError as err:
@@ -199,6 +212,13 @@ class ProxyHandler:
                     raise
                 reason = err.code
             else:
+                if refused and response.status in refused and not renewed:
+                    route.signer.on_upstream_status(response.status, signed)
+                    renewed = True
+                    if replayable:
+                        await response.close()
+                        log.info("credentials_refused", route=route.name, status=response.status)
+                        continue
                 if policy is None or attempt == attempts or response.status not in policy.statuses:
                     return response
                 await response.close()

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also show each step (hmac: every var, the message with non-printable bytes "
         "escaped, the key's shape, every placement); never a secret",
     )
+    sign.add_argument(
+        "--fetch-token",
+        action="store_true",
+        help="oauth2-client-credentials: really fetch a token from the token endpoint (to test "
+        "the client credentials); it is never printed",
+    )
     sign.add_argument("url", help="the URL the app would request")
 
     demo = commands.add_parser(

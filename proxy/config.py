@@ -30,6 +30,7 @@ from proxy.http import check_settable_header
 from proxy.secrets import HeaderSecretValue
 from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
 from proxy.signers.hmac.config import KEY_PATH_CTX
+from proxy.upstream_tls import TlsConfig
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
@@ -149,20 +150,6 @@ class TimeoutConfig(_Model):
         description="Seconds the app may pause while sending its request body (between two "
         "reads, as nginx's client_body_timeout); then 408 client_body_timeout. null disables.",
     )
-
-
-class TlsConfig(_Model):
-    verify: bool = Field(default=True, description="Verify the upstream's certificate.")
-    ca_file: str | None = Field(
-        default=None, description="PEM bundle to trust instead of the system store."
-    )
-
-    @field_validator("ca_file")
-    @classmethod
-    def _readable(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"CA file {value} does not exist")
-        return value
 
 
 class HeadersConfig(_Model):

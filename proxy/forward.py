@@ -26,7 +26,8 @@ from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
 from proxy.http import are_field_names
 from proxy.signers import UpstreamRequest
-from proxy.tls import client_ssl_context
+from proxy.tls import client_tls
+from proxy.upstream_tls import TlsMaterial, material_digest
 
 CHUNK_SIZE: Final = 64 * 1024
 SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
@@ -35,21 +36,30 @@ NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 @dataclass(frozen=True, slots=True)
 class UpstreamOptions:
-    """Per-route client settings, built once per config load."""
+    """Per-route client settings, built once per config load (kept by a reload that changes
+    neither the route nor its TLS files, so its pooled connections stay in use: aiohttp pools
+    connections per SSL context)."""
 
     ssl: ssl.SSLContext | bool
     timeout: aiohttp.ClientTimeout
+    tls: TlsMaterial
 
     @classmethod
-    def for_route(cls, config: RouteConfig) -> UpstreamOptions:
+    def for_route(
+        cls, config: RouteConfig, previous: UpstreamOptions | None = None
+    ) -> UpstreamOptions:
+        """The options of `config`; `previous` (those of an unchanged route) when its TLS files
+        (CA, client certificate and key) still hold what `previous` was built from."""
         with setting_at("tls"):
-            context = client_ssl_context(config.tls)
+            if previous is not None and material_digest(config.tls) == previous.tls.digest:
+                return previous
+            tls = client_tls(config.tls)
         timeout = aiohttp.ClientTimeout(
             total=config.timeout.total,
             connect=config.timeout.connect,
             sock_read=config.timeout.read,
         )
-        return cls(ssl=context, timeout=timeout)
+        return cls(ssl=tls.ssl, timeout=timeout, tls=tls)
 
 
 class UpstreamResponse:

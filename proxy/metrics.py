@@ -245,7 +245,8 @@ class ReloadMetrics:
 
 
 class CredentialMetrics:
-    """Refreshes of expiring credentials (AWS default chain, assumed roles), per route."""
+    """Expiring credentials per route: refreshes (AWS default chain, assumed roles, OAuth2
+    tokens) and client certificates."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.refreshes = Counter(
@@ -261,6 +262,23 @@ class CredentialMetrics:
             registry=registry,
             multiprocess_mode="livemin",  # with workers: the soonest
         )
+
+        self.client_cert_expiry = Gauge(
+            "signing_proxy_client_certificate_expiry_timestamp_seconds",
+            "When the route's upstream client certificate (mutual TLS) expires (Unix time).",
+            ["route"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self._client_cert_routes: set[str] = set()
+
+    def set_client_cert_expiries(self, expiries: dict[str, float]) -> None:
+        """The routes with a client certificate now, and its expiry (others are removed)."""
+        for route in self._client_cert_routes - expiries.keys():
+            self.client_cert_expiry.remove(route)
+        for route, expiry in expiries.items():
+            self.client_cert_expiry.labels(route).set(expiry)
+        self._client_cert_routes = set(expiries)
 
     def callback(self, route: str) -> Callable[[str, float | None], None]:
         def on_refresh(result: str, expiry: float | None) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from proxy.config import Config
 from proxy.logs import get_logger
 from proxy.secrets import Secret
+from proxy.upstream_tls import TlsConfig, tls_files
 
 log = get_logger("signing_proxy")
 
@@ -26,11 +27,14 @@ Fingerprint = dict[Path, tuple[str | None, str | None]]
 
 
 def watched_files(config: Config, config_path: str | Path) -> list[Path]:
-    """The config file, every `{file: PATH}` secret and every `tls.ca_file` it references."""
+    """The config file, every `{file: PATH}` secret (`tls.key_password` included) and every TLS
+    file (CA bundle, client certificate and key) it references, a token endpoint's too."""
     paths = [Path(config_path), *_secret_files(config)]
     for route in config.routes:
-        if route.tls.ca_file:
-            paths.append(Path(route.tls.ca_file))
+        signer_tls = getattr(route.signer, "tls", None)  # towards a token endpoint
+        for tls in (route.tls, signer_tls):
+            if isinstance(tls, TlsConfig):
+                paths += [Path(path) for path in tls_files(tls)]
     return list(dict.fromkeys(paths))
 
 

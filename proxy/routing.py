@@ -112,7 +112,11 @@ class Route:
         return self.config.name
 
     @classmethod
-    def compile(cls, config: RouteConfig, signer: Signer[Any]) -> Route:
+    def compile(
+        cls, config: RouteConfig, signer: Signer[Any], previous: UpstreamOptions | None = None
+    ) -> Route:
+        """`previous`: the options of this route before a reload that left it unchanged, kept
+        (with their pooled connections) while its TLS files are unchanged too."""
         host = port = None
         wildcard = False
         if config.match.host:
@@ -129,7 +133,7 @@ class Route:
         return cls(
             config=config,
             signer=signer,
-            options=UpstreamOptions.for_route(config),
+            options=UpstreamOptions.for_route(config, previous),
             limits=RouteLimits.for_route(config),
             retry=RetryPolicy.compile(config.retries),
             host=host,

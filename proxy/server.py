@@ -167,6 +167,7 @@ class ProxyServer:
                 self.metrics.registry,
                 self.is_ready,
                 self.metrics.sync,
+                self.runtime_problems,
                 shutdown_timeout=CLOSE_WAIT_SECONDS,
             )
             sites.append((admin, self.admin))
@@ -177,6 +178,7 @@ class ProxyServer:
             site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.worker)
             await site.start()
         self.reload_metrics.loaded(reloaded=False)
+        self._report_client_certs()
         if self.config_path is not None:
             paths = watched_files(self.runtime.config, self.config_path)
             self._watcher = ConfigWatcher(
@@ -198,6 +200,23 @@ class ProxyServer:
             admin=self.admin,
             routes=[route.name for route in self.runtime.table.routes],
         )
+
+    def runtime_problems(self) -> dict[str, str]:
+        """Routes whose credentials are not usable yet, and why (for /readyz)."""
+        found = {}
+        for route in self.runtime.table.routes:
+            problem = route.signer.problem()
+            if problem is not None:
+                found[route.name] = problem
+        return found
+
+    def _report_client_certs(self) -> None:
+        expiries = {
+            route.name: route.options.tls.client_cert_expiry
+            for route in self.runtime.table.routes
+            if route.options.tls.client_cert_expiry is not None
+        }
+        self.credential_metrics.set_client_cert_expiries(expiries)
 
     async def _report_readiness(self, gauge: Gauge) -> None:
         """A worker's report to the supervisor, through the shared metrics files."""
@@ -228,7 +247,9 @@ class ProxyServer:
         try:
             text = await asyncio.to_thread(read_config_text, path)
             config = await asyncio.to_thread(parse_config, text, source)
-            runtime = build_runtime(config, source, text, self.credential_metrics.callback)
+            runtime = build_runtime(
+                config, source, text, self.credential_metrics.callback, previous=self.runtime
+            )
         except ConfigError as err:
             if config is not None and self._watcher is not None:
                 # Also watch the files the refused config names (a new CA file, say), from
@@ -238,21 +259,24 @@ class ProxyServer:
                 baseline = await asyncio.to_thread(fingerprint, new)
                 self._watcher.watch([*self._watcher.paths, *new], baseline)
             return self._reload_failed(reason, [str(problem) for problem in err.problems])
+        running = _signers(self.runtime)  # routes left unchanged keep theirs, started already
         try:
             for index, route in enumerate(runtime.table.routes):
-                with setting_at("routes", index, "signer"):
-                    await route.signer.start()
+                if id(route.signer) not in running:
+                    with setting_at("routes", index, "signer"):
+                        await route.signer.start()
         except InvalidSetting as err:
-            await _close_signers(runtime)
+            await _close_signers(runtime, keep=running)
             problem = ConfigProblem(format_path(err.key), 1, err.message)
             return self._reload_failed(reason, [str(problem)])
         old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+        self._report_client_certs()
         self._warn_on_restart_settings(old.config, config)
         if self._watcher is not None:
             self._watcher.watch(watched_files(config, path))
         self.reload_metrics.loaded(reloaded=True)
         log.info("config_reloaded", reason=reason, routes=[r.name for r in runtime.table.routes])
-        await _close_signers(old)
+        await _close_signers(old, keep=_signers(runtime))
         thaw_garbage_collector()
         return True
 
@@ -347,9 +371,16 @@ class ProxyServer:
         log.info("stopped")
 
 
-async def _close_signers(runtime: Runtime) -> None:
-    """Stop the background work of a replaced (or refused) config's signers."""
+def _signers(runtime: Runtime) -> set[int]:
+    return {id(route.signer) for route in runtime.table.routes}
+
+
+async def _close_signers(runtime: Runtime, keep: set[int] | None = None) -> None:
+    """Stop the background work of a replaced (or refused) config's signers, but those the
+    other config kept (`keep`, by identity: unchanged routes share their signer)."""
     for route in runtime.table.routes:
+        if keep is not None and id(route.signer) in keep:
+            continue
         try:
             await route.signer.close()
         except Exception as err:  # the swap is done: a failure here must not undo the reload

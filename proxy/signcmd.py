@@ -9,12 +9,15 @@ credentials are redacted from everything printed; identifiers sent in clear (a s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import dataclasses
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import orjson
 from multidict import CIMultiDict
@@ -25,6 +28,7 @@ from proxy.request import prepare_upstream
 from proxy.routing import RouteMatch, TargetError, parse_target
 from proxy.secrets import Secret
 from proxy.signers import (
+    CredentialsUnavailable,
     Signer,
     SignerConfig,
     SigningContext,
@@ -60,16 +64,24 @@ def sign_command(args: argparse.Namespace) -> int:
     upstream = prepare_upstream(
         match, method, query, headers, (body or b"") if needs_body else None
     )
+    fetched = None
     explanation: dict[str, object] | None = None
     try:
+        if args.fetch_token:
+            fetched = asyncio.run(route.signer.fetch_for_display())
         if args.explain and isinstance(route.signer, ExplainingSigner):
             result, explained = route.signer.explain(upstream, ctx)
             explanation = explained.as_dict()
         else:
-            result = route.signer.sign(upstream, ctx)
+            result = route.signer.sign_for_display(upstream, ctx)
+    except CredentialsUnavailable as err:
+        print(f"signing-proxy sign: no credentials: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, SigningRefused) as err:
         print(f"signing-proxy sign: the request cannot be signed: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if fetched is not None:
+        result = dataclasses.replace(result, details={**result.details, "token_fetch": fetched})
     sent_body = result.request.body if result.request.body is not None else body
     redact = _redactor(route.config.signer, route.signer)
     if args.explain and explanation is None:
@@ -217,15 +229,14 @@ def _as_text(route: str, result: SignResult, body: bytes | None) -> str:
 
 
 def _redactor(config: SignerConfig, signer: Signer[Any]) -> Callable[[str], str]:
-    secrets = sorted(
-        (
-            (value.reveal(), name)
-            for name in type(config).model_fields
-            if isinstance(value := getattr(config, name), Secret)
-            and name not in signer.public_fields
-        ),
-        key=lambda pair: -len(pair[0]),
-    )
+    revealed = [
+        (value.reveal(), name)
+        for name in type(config).model_fields
+        if isinstance(value := getattr(config, name), Secret) and name not in signer.public_fields
+    ]
+    # A secret sent in the query (query-key) is printed percent-encoded: redact that form too.
+    encoded = [(quote(value, safe=safe), name) for value, name in revealed for safe in ("-._~", "")]
+    secrets = sorted(set(revealed + encoded), key=lambda pair: -len(pair[0]))
 
     def redact(text: str) -> str:
         for value, name in secrets:

@@ -39,14 +39,17 @@ def build_runtime(
     source: str,
     text: str | None = None,
     on_refresh_for: OnRefreshFor | None = None,
+    *,
+    previous: Runtime | None = None,
 ) -> Runtime:
-    """Build `config` (loaded from `source`, whose `text` gives the problem's line).
+    """Build `config` (loaded from `source`, whose `text` gives the problem's line); on a
+    reload, `previous` lends its unchanged routes' signers and upstream options.
 
     Raises `ConfigError`: for a setting that cannot be used, its key path and message; for
     anything unexpected, the exception's type only (its message could hold a secret).
     """
     try:
-        return Runtime.build(config, on_refresh_for)
+        return Runtime.build(config, on_refresh_for, previous)
     except InvalidSetting as err:
         path = err.key
         problem = ConfigProblem(format_path(path), _line_of(path, source, text), err.message)

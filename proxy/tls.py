@@ -1,4 +1,5 @@
-"""A route's client TLS settings (`tls:`) -> what aiohttp takes as `ssl=`.
+"""A route's client TLS settings (`tls:`) -> what aiohttp takes as `ssl=`, with the client
+certificate of mutual TLS (`proxy.upstream_tls` reads and checks the pair).
 
 Built when the config is built (start-up, `check`, every reload), so a file that cannot be used
 is a config error naming its key, never a failure of the first request or of a reload.
@@ -8,7 +9,26 @@ from __future__ import annotations
 
 import ssl
 
-from proxy.config import InvalidSetting, TlsConfig
+from proxy.config import InvalidSetting
+from proxy.upstream_tls import (
+    TlsConfig,
+    TlsMaterial,
+    add_client_certificate,
+    client_context_for,
+    material_digest,
+)
+
+
+def client_tls(tls: TlsConfig) -> TlsMaterial:
+    """`client_ssl_context(tls)` with the client certificate loaded into it, what the files
+    held (their digest, to tell a rotation) and the certificate's expiry."""
+    trust = client_ssl_context(tls)
+    if tls.client_cert is None:
+        return TlsMaterial(ssl=trust, digest=material_digest(tls))
+    try:
+        return add_client_certificate(client_context_for(trust), tls)
+    except ValueError as err:
+        raise InvalidSetting(("client_cert",), str(err)) from None
 
 
 def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext | bool:

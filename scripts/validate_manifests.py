@@ -257,9 +257,9 @@ def check_proxy_pod(
     meta: dict[str, Any],
     spec: dict[str, Any],
     docs: list[dict[str, Any]],
-) -> list[tuple[dict[str, Any], str]]:
-    """Returns (ConfigMap doc, secrets mount path) pairs for the config check."""
-    configs: list[tuple[dict[str, Any], str]] = []
+) -> list[tuple[dict[str, Any], list[str]]]:
+    """Returns (ConfigMap doc, Secret mount paths) pairs for the config check."""
+    configs: list[tuple[dict[str, Any], list[str]]] = []
     found = list(proxy_containers(spec))
     report.check(bool(found), f"{label}: runs a signing-proxy container")
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
@@ -284,7 +284,7 @@ def check_proxy_pod(
                 f"{who}: checksum/config matches ConfigMap {cm_name}",
                 str(annotations.get("checksum/config")),
             )
-            configs.append((cm, secret_paths[0] if secret_paths else ""))
+            configs.append((cm, secret_paths))
         else:
             print(f"  note {who}: ConfigMap {cm_name} is not rendered here (existingConfigMap)")
         for secret_name in secret_names:
@@ -389,8 +389,83 @@ def file_refs(node: Any) -> Iterator[dict[str, Any]]:
             yield from file_refs(item)
 
 
+def _in_mounts(path: str, mounts: list[str]) -> bool:
+    return any(path.startswith(mount + "/") for mount in mounts)
+
+
+def _dummy_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _dummy_cert_pem(key_pem: bytes) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "config-check")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def fake_key_material(node: Any, tmp: Path, mounts: list[str], report: Report, who: str) -> None:
+    """Files whose content the program checks: a `private_key` gets a real (throwaway) PEM key;
+    a `tls:` block's client_cert/client_key/ca_file (paths, not secrets) must be in a Secret
+    mount and get a matching throwaway certificate and key."""
+    if isinstance(node, list):
+        for item in node:
+            fake_key_material(item, tmp, mounts, report, who)
+        return
+    if not isinstance(node, dict):
+        return
+    key = node.get("private_key")
+    if isinstance(key, dict) and "file" in key:
+        Path(key["file"]).write_bytes(_dummy_key_pem())
+    tls = node.get("tls")
+    if isinstance(tls, dict) and (tls.get("client_cert") or tls.get("ca_file")):
+        key_pem = _dummy_key_pem()
+        cert_pem = _dummy_cert_pem(key_pem)
+        for field, content in (
+            ("client_cert", cert_pem),
+            ("client_key", key_pem),
+            ("ca_file", cert_pem),
+        ):
+            path = tls.get(field)
+            if not isinstance(path, str):
+                continue
+            report.check(
+                _in_mounts(path, mounts),
+                f"{who}: tls.{field} {path} is in a Secret mount ({', '.join(mounts) or 'none'})",
+            )
+            dummy = tmp / "tls" / path.lstrip("/")
+            dummy.parent.mkdir(parents=True, exist_ok=True)
+            dummy.write_bytes(content)
+            tls[field] = str(dummy)
+    for value in node.values():
+        fake_key_material(value, tmp, mounts, report, who)
+
+
 def check_config(
-    report: Report, program: str, cm: dict[str, Any], secrets_path: str, label: str
+    report: Report, program: str, cm: dict[str, Any], secrets_paths: list[str], label: str
 ) -> None:
     text = cm["data"]["config.yaml"]
     config = yaml.safe_load(text)
@@ -399,15 +474,16 @@ def check_config(
         fake = copy.deepcopy(config)
         for ref in file_refs(fake):
             path = ref["file"]
-            inside = bool(secrets_path) and path.startswith(secrets_path + "/")
             report.check(
-                inside,
-                f"{who}: credential file {path} is in the Secret mount {secrets_path or '(none)'}",
+                _in_mounts(path, secrets_paths),
+                f"{who}: credential file {path} is in a Secret mount "
+                f"({', '.join(secrets_paths) or 'none'})",
             )
             dummy = Path(tmp) / "secrets" / path.lstrip("/")
             dummy.parent.mkdir(parents=True, exist_ok=True)
             dummy.write_text("dummy-credential-0123456789abcdef\n")
             ref["file"] = str(dummy)
+        fake_key_material(fake, Path(tmp), secrets_paths, report, who)
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(fake))
         result = subprocess.run(  # noqa: S603 - our own program, on our own file
@@ -514,11 +590,11 @@ def main() -> int:
         for doc in docs:
             tpl = pod_template(doc)
             if tpl and any(True for _ in proxy_containers(tpl[1])):
-                for cm, secrets_path in check_proxy_pod(
+                for cm, secrets_paths in check_proxy_pod(
                     report, f"{label} {name_of(doc)}", tpl[0], tpl[1], docs
                 ):
                     if args.program:
-                        check_config(report, args.program, cm, secrets_path, label)
+                        check_config(report, args.program, cm, secrets_paths, label)
         check_references(report, docs)
         if args.program and not any(pod_template(d) for d in docs):
             for cm in (
@@ -526,7 +602,7 @@ def main() -> int:
                 for d in docs
                 if d.get("kind") == "ConfigMap" and "config.yaml" in (d.get("data") or {})
             ):
-                check_config(report, args.program, cm, "/etc/signing-proxy/secrets", label)
+                check_config(report, args.program, cm, ["/etc/signing-proxy/secrets"], label)
         failed = len(report.failures) - failed_before
         print(
             f"  {report.passed - passed_before} checks passed"

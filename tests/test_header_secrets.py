@@ -54,6 +54,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "algorithm": "hmac-sha256",
         "key": "sample-cavage-hmac-key",
     },
+    "query-key": {"name": "api_key", "value": "sample-query-key"},
+    # Its secrets go to the token endpoint (base64 in Basic, or form fields), never upstream.
+    "oauth2-client-credentials": {
+        "token_url": "https://auth.example.com/token",
+        "client_id": "sample-oauth-client-id",
+        "client_secret": "sample-oauth-client-secret",
+    },
 }
 
 
@@ -97,7 +104,9 @@ def test_a_secret_is_header_bound_exactly_when_it_is_sent_in_a_header(scheme: st
         request = request_for("https://api.example.com/x?q=1", method, headers, body)
         if body is None and signer.needs_body(method):
             request = request.replace(body=b"")
-        signed = signer.sign(request, SigningContext(1_700_000_000_000, "nonce")).request
+        # What `sign` shows: the request itself, or with a fetched token a placeholder for it.
+        ctx = SigningContext(1_700_000_000_000, "nonce")
+        signed = signer.sign_for_display(request, ctx).request
         sent += signed.headers.values()
     secrets = {
         name: value.reveal()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 import requests
 import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tests.support import free_port, running_proxy, running_upstream
 
@@ -23,6 +24,9 @@ SECRETS = {
     "LEAK_DEVO_SECRET": "leak-devo-secret-Hh27Wm",
     "LEAK_DR_SECRET": "leak-devresults-secret-Pp90",
     "LEAK_HEADER": "leak-header-value-Ka44",
+    "LEAK_QUERY_KEY": "leak-query-key-Ub62",
+    "LEAK_CLIENT_SECRET": "leak-client-secret-Tt31",
+    "LEAK_ACCESS_TOKEN": "leak-access-token-Jr55",  # issued by the token endpoint below
     "LEAK_HMAC_SECRET": "leak-hmac-secret-Rr55",
     "LEAK_HMAC_KEY": "leak-rfc9421-hmac-key-Vv31",
 }
@@ -35,6 +39,43 @@ PRIVATE_PEM = (
     .decode()
 )
 KEY_MATERIAL = [line for line in PRIVATE_PEM.splitlines() if not line.startswith("-----")]
+# Filled in by the test: the private key's PEM lines and the client assertions it signed.
+GENERATED: list[str] = []
+
+
+def _private_key_file(directory: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    GENERATED.extend(line for line in pem.decode().splitlines() if "PRIVATE KEY" not in line)
+    path = directory / "client-key.pem"
+    path.write_bytes(pem)
+    return path
+
+
+def _oauth_routes(upstream_url: str, secret_dir: Path) -> list[dict[str, object]]:
+    def oauth(name: str, token_path: str, **signer: object) -> dict[str, object]:
+        return {
+            "name": name,
+            "match": {"path_prefix": f"/{name}"},
+            "upstream": upstream_url,
+            "signer": {
+                "scheme": "oauth2-client-credentials",
+                "token_url": f"{upstream_url}{token_path}",
+                "client_id": "leak-client",
+                **signer,
+            },
+        }
+
+    secret = {"client_secret": {"env": "LEAK_CLIENT_SECRET"}}
+    key = {"file": str(_private_key_file(secret_dir))}
+    return [
+        oauth("oauth", "/oauth/token", **secret),
+        oauth("oauth-post", "/oauth/token", auth_method="client_secret_post", **secret),
+        oauth("oauth-jwt", "/oauth/token", auth_method="private_key_jwt", private_key=key),
+        oauth("oauth-bad", "/oauth/hostile", auth_method="client_secret_post", **secret),
+    ]
 
 
 def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
@@ -94,6 +135,16 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                 "signer": {"scheme": "header", "name": "X-Key", "value": {"env": "LEAK_HEADER"}},
             },
             {
+                "name": "query-key",
+                "match": {"path_prefix": "/qk"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "query-key",
+                    "name": "key",
+                    "value": {"env": "LEAK_QUERY_KEY"},
+                },
+            },
+            {
                 "name": "rfc9421",
                 "match": {"path_prefix": "/rfc9421"},
                 "upstream": upstream_url,
@@ -117,6 +168,7 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                     "components": ["@method", "x-required"],
                 },
             },
+            *_oauth_routes(upstream_url, secret_dir),
         ]
     }
 
@@ -126,6 +178,8 @@ def _assert_clean(label: str, text: str) -> None:
         assert value not in text, f"{name} leaked into {label}"
     for line in KEY_MATERIAL:
         assert line not in text, f"the private key leaked into {label}"
+    for value in GENERATED:
+        assert value not in text, f"a private key line or client assertion leaked into {label}"
 
 
 def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
@@ -134,8 +188,26 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
 
         async def quiet(request: web.BaseRequest) -> web.Response:
             await upstream.record(request)  # an echo would reflect the credentials back
+            if "refuse" in request.path:  # the token is refused: renewed, replayed once
+                return web.Response(status=401, text="no")
             return web.Response(text="ok")
 
+        async def token(request: web.BaseRequest) -> web.Response:
+            form = dict(parse_qsl((await request.read()).decode()))
+            if "client_assertion" in form:
+                GENERATED.append(form["client_assertion"])
+            return web.json_response(
+                {"access_token": SECRETS["LEAK_ACCESS_TOKEN"], "token_type": "bearer"}
+            )
+
+        async def hostile(request: web.BaseRequest) -> web.Response:
+            # An authorization server that echoes what it was sent in its error.
+            body = (await request.read()).decode()
+            echo = dict(parse_qsl(body)).get("client_secret", "")
+            return web.json_response({"error": echo, "error_description": body}, status=400)
+
+        upstream.handlers["/oauth/token"] = token
+        upstream.handlers["/oauth/hostile"] = hostile
         upstream.handlers["/"] = quiet
         config = _config(upstream.url, tmp_path)
         with running_proxy(config, tmp_path, env=SECRETS) as proxy:
@@ -147,8 +219,15 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("POST", "/hmac/x", b"a=1"),  # not a form: refused
                 ("GET", "/hmac/x?q=1", None),
                 ("GET", "/dead/x", None),  # 502
+                ("GET", "/qk/x?key=app&y=1", None),
+                ("GET", "/qk/../x?key=app", None),  # 400
                 ("GET", "/nowhere", None),  # 403
                 ("GET", "/bearer/../x", None),  # 400 (requests keeps it raw)
+                ("GET", "/oauth/x", None),
+                ("GET", "/oauth/refuse", None),  # 401 twice: renewed and replayed once
+                ("POST", "/oauth-post/refuse", b"a body"),
+                ("GET", "/oauth-jwt/x", None),
+                ("GET", "/oauth-bad/x", None),  # 503: the token request fails
                 ("POST", "/rfc9421/x", b'{"a": 1}'),
                 ("GET", "/hmac9421/x", None),  # refused: no X-Required header
             ]
@@ -167,6 +246,10 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             s.headers.get("Authorization") == f"Bearer {SECRETS['LEAK_BEARER']}"
             for s in upstream.seen
         )
+        assert any(f"key={SECRETS['LEAK_QUERY_KEY']}" in s.raw_path for s in upstream.seen)
+        token_header = f"Bearer {SECRETS['LEAK_ACCESS_TOKEN']}"
+        assert any(s.headers.get("Authorization") == token_header for s in upstream.seen)
+        assert any(s.startswith("eyJ") for s in GENERATED)  # an assertion was signed
 
         config_path = tmp_path / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -177,6 +260,10 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/devo/x"],
             ["sign", "--config", str(config_path), "http://h/dr/x?a=1"],
             ["sign", "--config", str(config_path), "--route", "header", "http://h/y"],
+            ["sign", "--config", str(config_path), "--json", "http://h/qk/x?key=1"],
+            ["sign", "--config", str(config_path), "http://h/oauth/x"],
+            ["sign", "--config", str(config_path), "--fetch-token", "http://h/oauth/x"],
+            ["sign", "--config", str(config_path), "--fetch-token", "--json", "/oauth-jwt/x"],
             ["sign", "--config", str(config_path), "--explain", "http://h/hmac/x?a=1"],
             ["sign", "--config", str(config_path), "--explain", "--json", "http://h/hmac/x"],
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/rfc9421/x"],

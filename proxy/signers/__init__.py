@@ -30,18 +30,22 @@ from proxy.signers.header import HeaderSigner
 from proxy.signers.hmac import HmacSigner
 from proxy.signers.http_message_signatures import HttpMessageSignaturesSigner
 from proxy.signers.jscrambler import JscramblerSigner
+from proxy.signers.oauth2 import OAuth2Signer
 from proxy.signers.plugins import load_plugins
+from proxy.signers.query_key import QueryKeySigner
 
 # One line per scheme. The order is the order of the README's table and of the JSON schema.
 SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
     BearerSigner,
     HeaderSigner,
+    QueryKeySigner,
     DevResultsSigner,
     DevoSigner,
     DevoTokenSigner,
     JscramblerSigner,
     DevengoSigner,
     AwsSigV4Signer,
+    OAuth2Signer,
     HttpMessageSignaturesSigner,
     CavageSigner,
     HmacSigner,

@@ -250,6 +250,9 @@ class Signer(ABC, Generic[ConfigT]):
     # Credential fields that are identifiers sent in clear on every request (an API key id, a
     # DevResults token): `signing-proxy sign` shows them. Every other credential is redacted.
     public_fields: ClassVar[frozenset[str]] = frozenset()
+    # Upstream statuses that mean "these credentials were refused" (OAuth2: 401): the proxy
+    # reports them to `on_upstream_status` and sends a replayable request once more.
+    refused_statuses: ClassVar[frozenset[int]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -285,6 +288,34 @@ class Signer(ABC, Generic[ConfigT]):
     @abstractmethod
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         """Return the request to send. Pure: no I/O, no state kept between calls."""
+
+    async def before_sign(self) -> None:
+        """Called before each `sign()`: a scheme whose credentials are being fetched waits for
+        that fetch here (never for a refresh while its credentials are valid)."""
+
+    def on_upstream_status(self, status: int, request: UpstreamRequest) -> None:
+        """The upstream answered `request` (as signed) with one of `refused_statuses`: drop the
+        credentials it carried (if still current) and obtain new ones. The proxy then sends a
+        replayable request once more (after `before_sign()`)."""
+
+    def sign_for_display(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
+        """What `signing-proxy sign` shows: `sign()`, unless the scheme's credentials must be
+        fetched (then a placeholder such as `Bearer <redacted>`)."""
+        return self.sign(request, ctx)
+
+    async def fetch_for_display(self) -> str | None:
+        """For `sign --fetch-token`: obtain real credentials once and say so (never showing
+        them); None when the scheme fetches nothing. Raises CredentialsUnavailable."""
+        return None
+
+    def problem(self) -> str | None:
+        """Why the credentials are not usable yet (for /readyz), or None."""
+        return None if self.is_ready() else "the credentials are not available yet"
+
+    def still_current(self) -> bool:
+        """Whether a reload that leaves this route's config unchanged may keep this signer (and
+        its credentials). False when a file it read outside the config changed."""
+        return True
 
     def is_ready(self) -> bool:
         """Whether the credentials are usable now (readiness probe)."""

@@ -132,6 +132,13 @@ or room for spool.concurrentBodies bodies of spool.maxBodyBytes plus 16 MiB, in 
 {{- if and $v.existingSecret $v.secret.create -}}
 {{- fail "set existingSecret or secret.create, not both" -}}
 {{- end -}}
+{{- $mounted := list -}}
+{{- range $v.extraSecretMounts -}}
+{{- if has .name $mounted -}}
+{{- fail (printf "extraSecretMounts: the name %q is used twice" .name) -}}
+{{- end -}}
+{{- $mounted = append $mounted .name -}}
+{{- end -}}
 {{- /* The proxy exits within drain delay + shutdown timeout + 1 s of SIGTERM (proxy/signals.py). */ -}}
 {{- $drain := addf (include "signing-proxy.drainDelay" .) $v.proxy.shutdownTimeoutSeconds 1 -}}
 {{- if ge $drain (float64 $v.terminationGracePeriodSeconds) -}}
@@ -182,6 +189,8 @@ ConfigMap). Context: node, path, values. */}}
 {{- fail (printf "%s is a literal credential, which would land in a ConfigMap; put it in existingSecret and use {file: %s/<key>}" $where $v.secretsMountPath) -}}
 {{- else if and (kindIs "string" $value) (hasPrefix (printf "%s/" (trimSuffix "/" $v.secretsMountPath)) $value) -}}
 {{- include "signing-proxy.checkSecretFile" (dict "where" $where "file" $value "values" $v) -}}
+{{- else if and (kindIs "string" $value) (hasPrefix (printf "%s/" (trimSuffix "/" $v.extraSecretsMountPath)) $value) -}}
+{{- include "signing-proxy.checkExtraSecretFile" (dict "where" $where "file" $value "values" $v) -}}
 {{- else -}}
 {{- include "signing-proxy.scanSecrets" (dict "node" $value "path" $where "values" $v) -}}
 {{- end -}}
@@ -195,6 +204,19 @@ ConfigMap). Context: node, path, values. */}}
 
 {{/* A config value names a file under secretsMountPath: a Secret must be mounted there, and
 with secret.create, hold that key. Context: where, file, values. */}}
+{{/* A file under extraSecretsMountPath must be in one of extraSecretMounts. */}}
+{{- define "signing-proxy.checkExtraSecretFile" -}}
+{{- $v := .values -}}
+{{- $name := index (splitList "/" (trimPrefix (printf "%s/" (trimSuffix "/" $v.extraSecretsMountPath)) .file)) 0 -}}
+{{- $found := false -}}
+{{- range $v.extraSecretMounts -}}
+{{- if eq .name $name -}}{{- $found = true -}}{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- fail (printf "%s reads %s, but extraSecretMounts has no entry named %q: add {name: %s, secretName: <the Secret>} (without it the proxy cannot start)" .where .file $name $name) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "signing-proxy.checkSecretFile" -}}
 {{- $v := .values -}}
 {{- $key := index (splitList "/" (trimPrefix (printf "%s/" (trimSuffix "/" $v.secretsMountPath)) .file)) 0 -}}
@@ -306,6 +328,11 @@ The proxy container, shared by the Deployment and the sidecar. Extra context key
       mountPath: {{ $v.secretsMountPath }}
       readOnly: true
     {{- end }}
+    {{- range $v.extraSecretMounts }}
+    - name: signing-proxy-extra-{{ .name }}
+      mountPath: {{ trimSuffix "/" $v.extraSecretsMountPath }}/{{ .name }}
+      readOnly: true
+    {{- end }}
     - name: signing-proxy-tmp
       mountPath: /tmp
     {{- with $v.extraVolumeMounts }}
@@ -326,6 +353,12 @@ atomic updates of ConfigMaps and Secrets reach the proxy, which reloads. */}}
   secret:
     secretName: {{ $secretName }}
     defaultMode: {{ .values.secretDefaultMode }}
+{{- end }}
+{{- range .values.extraSecretMounts }}
+- name: signing-proxy-extra-{{ .name }}
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: {{ $.values.secretDefaultMode }}
 {{- end }}
 - name: signing-proxy-tmp
   emptyDir:
