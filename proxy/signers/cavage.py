@@ -123,9 +123,13 @@ class CavageConfig(SignerConfig):
 
     @field_validator("headers", "body_headers")
     @classmethod
-    def _valid_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    def _valid_names(
+        cls, names: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
         if names is None:
             return None
+        if not names and info.field_name == "headers":  # else it would sign nothing on a GET
+            raise ValueError("headers must name at least one header (omit it for the profile's)")
         lowered = tuple(name.strip().lower() for name in names)
         for name in lowered:
             if name != REQUEST_TARGET and not is_field_name(name):
@@ -153,7 +157,7 @@ class CavageSigner(Signer[CavageConfig]):
         self._version: Final = config.profile == "oci"  # OCI's documented version="1"
         header = config.header or profile.header
         self._auth_header: Final = "Authorization" if header == "authorization" else "Signature"
-        headers = config.headers or profile.headers
+        headers = config.headers if config.headers is not None else profile.headers
         body_headers = (
             config.body_headers if config.body_headers is not None else profile.body_headers
         )
