@@ -263,14 +263,16 @@ class RouteConfig(_Model):
         default=DEFAULT_MAX_SPOOLED_BODY_BYTES,
         gt=0,
         description="Largest body a scheme that hashes it incrementally (devo, devengo, "
-        "aws-sigv4 signed payloads) accepts; above spool_threshold_bytes it goes to $TMPDIR, "
+        "aws-sigv4 signed payloads, the http-message-signatures and http-signatures-cavage "
+        "body digests) accepts; above spool_threshold_bytes it goes to $TMPDIR, "
         "which must have room for it (413 above; default 5 GiB, S3's largest single PUT).",
     )
     spool_threshold_bytes: int = Field(
         default=DEFAULT_SPOOL_THRESHOLD_BYTES,
         ge=0,
-        description="Bodies a scheme hashes incrementally (devo, devengo, aws-sigv4) go to a "
-        "temporary file above this size instead of memory.",
+        description="Bodies a scheme hashes incrementally (devo, devengo, aws-sigv4, "
+        "http-message-signatures, http-signatures-cavage) go to a temporary file above this "
+        "size instead of memory.",
     )
     tls: TlsConfig = TlsConfig()
     headers: HeadersConfig = HeadersConfig()
