@@ -24,7 +24,7 @@ from http_sf.item import ser_item
 from http_sf.types import ItemType, ParamsType
 from multidict import CIMultiDictProxy
 
-from proxy.http import host_to_sign
+from proxy.http import host_to_sign, is_field_name
 from proxy.signers.base import SigningRefused, UpstreamRequest
 
 StructuredType = Literal["item", "list", "dictionary"]
@@ -165,7 +165,7 @@ def _check_derived(name: str, params: Mapping[str, str | bool]) -> None:
 def _check_field(
     name: str, params: Mapping[str, str | bool], structured: Mapping[str, StructuredType]
 ) -> None:
-    if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
+    if not is_field_name(name):
         raise ValueError(f"{name!r} is not an HTTP field name")
     if name in UNSIGNABLE_FIELDS:
         raise ValueError(
