@@ -23,6 +23,7 @@ from aiohttp.http_exceptions import (
     HttpProcessingError,
     InvalidHeader,
     InvalidURLError,
+    TransferEncodingError,
 )
 
 LogFormat = Literal["json", "console"]
@@ -110,6 +111,15 @@ _FIXED_REASONS: Final[tuple[tuple[type[HttpProcessingError], str], ...]] = (
     (BadStatusLine, "Invalid request line"),
     (InvalidHeader, "Invalid header"),
 )
+# The Python parser's chunked-body errors in its own words; any other is the chunk-size line it
+# refused, verbatim (body bytes: they may hold a credential).
+_CHUNK_REASONS: Final = (
+    "Not enough data",
+    "Bad chunk-size line ending",
+    "Chunk size mismatch",
+    "Bad trailer line ending",
+    "Unexpected LF in chunk-extension",
+)
 
 
 def parser_refusal_reason(error: HttpProcessingError) -> str:
@@ -125,6 +135,8 @@ def parser_refusal_reason(error: HttpProcessingError) -> str:
     for kind, reason in _FIXED_REASONS:
         if isinstance(error, kind):
             return reason
+    if isinstance(error, TransferEncodingError) and not message.startswith(_CHUNK_REASONS):
+        return "Invalid character in chunk size"  # llhttp's words
     reason = _QUOTED_BYTES.split(message, maxsplit=1)[0].strip()
     return reason or type(error).__name__
 

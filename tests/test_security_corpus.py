@@ -365,10 +365,13 @@ def test_double_spaces_in_the_request_line_are_tolerated_by_both(
         b"GET /b/x HTTP/1.1\r\nHost: h\r\nX-" + b"HEADERMARK" * 900 + b": v\r\n\r\n",
         b"GET /b/x HTTP/1.1\r\nHost: h:\xc2\xb2HEADERMARK\r\n\r\n",
         b"POST /b/x?apikey=QUERYMARK HTTP/1.1\r\nHost: h\r\nContent-Length: 0HEADERMARK\r\n\r\n",
+        b"POST /d/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\nQUERYMARK\r\n\r\n",
     ],
     ids=[
         "control-in-query", "lowercase", "version", "raw-byte-in-query", "absolute-port",
         "header-control", "obs-fold", "long-name", "host-port", "content-length",
+        "chunk-size",
     ],
 )  # fmt: skip
 def test_no_log_line_quotes_a_refused_request(
