@@ -87,6 +87,15 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     """A request the HTTP parser refused (aiohttp answers it 400 itself) is one info line, not
     an error with a traceback: any client could otherwise flood the logs with tracebacks."""
     error = record.exc_info[1] if record.exc_info else None
+    cause = getattr(error, "__cause__", None)
+    if not isinstance(error, HttpProcessingError) and isinstance(cause, HttpProcessingError):
+        # The rest of a body the parser refused, met by aiohttp's lingering read after the
+        # proxy answered (and counted) the request: its reason, never its bytes or traceback.
+        reason = parser_refusal_reason(cause)
+        record.msg, record.args = "request body refused by the HTTP parser: %s", (reason,)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
     if not isinstance(error, HttpProcessingError):
         return record.levelno >= logging.WARNING
     record.msg, record.args = (
