@@ -389,16 +389,19 @@ def test_no_log_line_quotes_a_refused_request(
     assert b"HEADERMARK" not in reply.body
 
 
+@pytest.mark.parametrize("route", ["d", "b"])
 def test_a_bad_chunk_after_the_body_started_is_refused_unquoted(
-    request: pytest.FixtureRequest, proxy: ProxyProcess, raw_upstream: RawUpstream
+    request: pytest.FixtureRequest, proxy: ProxyProcess, raw_upstream: RawUpstream, route: str
 ) -> None:
-    """The chunk-size line arrives once the handler reads the body for signing (devo): the
-    client gets its 400 without its bytes, and no log line quotes them or has a traceback."""
+    """The chunk-size line arrives once the body is being read for signing (devo, /d) or
+    streamed upstream (bearer, /b): the client gets its 400 without its bytes, and no log line
+    quotes them or has a traceback."""
     if request.node.callspec.params["proxy"] == "llhttp":
         pytest.xfail("aiohttp never fails the in-flight body on llhttp: 408 at timeout.client_body")
     mark = raw_upstream.mark()
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(b"POST /d/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        head = f"POST /{route}/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        sock.sendall(head.encode())
         sock.sendall(b"5\r\nhello\r\n")
         time.sleep(0.3)  # the handler is reading the body now
         sock.sendall(b"QUERYMARK\r\n")
@@ -406,7 +409,8 @@ def test_a_bad_chunk_after_the_body_started_is_refused_unquoted(
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"invalid_body" in answer
     assert b"QUERYMARK" not in answer
-    assert _reached(raw_upstream, mark) == b""
+    if route == "d":  # signed bodies are read whole first; a streamed one had started
+        assert _reached(raw_upstream, mark) == b""
     time.sleep(0.3)  # the lingering read's log line is written
     assert "QUERYMARK" not in proxy.logs()
 
