@@ -13,12 +13,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
 from proxy.admission import body_unread, check_request
+from proxy.aiohttp_internals import end_connect_payload
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
 from proxy.config import Config, setting_at
@@ -26,7 +27,7 @@ from proxy.errors import ProxyError, ResponseAborted, error_response
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder, UpstreamResponse
 from proxy.logs import access_log, get_logger
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, TunnelMetrics
 from proxy.relay import relay
 from proxy.request import read_request
 from proxy.routing import RequestTarget, Route, RouteMatch, RouteTable, TargetError, parse_target
@@ -38,14 +39,15 @@ from proxy.signers import (
     UpstreamRequest,
     build_signer,
 )
+from proxy.tunnel import Tunnel, TunnelManager, plan_connect, target_for_log
+
+if TYPE_CHECKING:
+    from proxy.interception.leaves import LeafStore
 
 log = get_logger("signing_proxy")
 
 _HTTP_1: Final = frozenset({HttpVersion10, HttpVersion11})
-_CONNECT_MESSAGE: Final = (
-    "CONNECT tunnels are not supported: the proxy must see requests to sign them. "
-    "Send plain http:// URLs through it (HTTP_PROXY); it speaks TLS to the upstream."
-)
+_CONNECT_IN_TUNNEL: Final = "a CONNECT inside a tunnel is refused"
 # The status of a request whose client went away before any answer (nginx's convention):
 # what the metrics and the access log count it as, never a status 0.
 CLIENT_CLOSED_STATUS: Final = 499
@@ -57,11 +59,14 @@ SHUTDOWN_CUT_STATUS: Final = 503
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """Everything built from one config load: the routes (each with its signer, upstream
-    settings, limits and retry policy) and the access policy."""
+    settings, limits and retry policy), the access policy and, with HTTPS interception, the
+    host certificates (minted at each load)."""
 
     config: Config
     table: RouteTable
     access: AccessPolicy | None
+    leaves: LeafStore | None = None
+    intercepts: bool = False  # some route has intercept: true
 
     @classmethod
     def build(
@@ -89,10 +94,47 @@ class Runtime:
                 routes.append(Route.compile(rc, signer))  # its TLS context: `tls` keys
         with setting_at("access"):
             access = AccessPolicy.from_config(config.access)
-        return cls(config=config, table=RouteTable(routes), access=access)
+        with setting_at("interception"):
+            leaves = _leaf_store(config)
+        return cls(
+            config=config,
+            table=RouteTable(routes),
+            access=access,
+            leaves=leaves,
+            intercepts=any(rc.intercept for rc in config.routes),
+        )
 
     def is_ready(self) -> bool:
         return all(route.signer.is_ready() for route in self.table.routes)
+
+
+def _leaf_store(config: Config) -> LeafStore | None:
+    interception = config.interception
+    if interception is None:
+        return None
+    # Here, not at the top: only a config with `interception` needs cryptography (~7 MiB of
+    # a sidecar's memory: bench/footprint.py).
+    from proxy.interception.ca import CertificateAuthority
+    from proxy.interception.leaves import LeafStore, normalize_host
+
+    ca = CertificateAuthority.from_pem(interception.ca_cert.reveal(), interception.ca_key.reveal())
+    exact = [
+        normalize_host(
+            rc.match.host.rpartition(":")[0] if _has_port(rc.match.host) else rc.match.host
+        )
+        for rc in config.routes
+        if rc.intercept and rc.match.host and not rc.match.host.startswith("*.")
+    ]
+    return LeafStore(
+        ca,
+        validity_days=interception.leaf_validity_days,
+        exact_hosts=exact,
+        max_cached=interception.max_cached_leaves,
+    )
+
+
+def _has_port(host: str) -> bool:
+    return ":" in host and not host.endswith("]")
 
 
 class ProxyHandler:
@@ -103,6 +145,7 @@ class ProxyHandler:
         self.forwarder = forwarder
         self.metrics = metrics
         self.clock = ClockSkew(metrics.registry)
+        self.tunnels = TunnelManager(TunnelMetrics(metrics.registry))
         # The tasks of the requests in flight, so a shutdown can cut the ones still running at
         # its deadline; and the error code a cancelled request is logged and counted under:
         # the client went away, unless the server is cutting it (`ProxyServer.stop`).
@@ -111,14 +154,19 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime  # this request keeps this config to its end
+        tunnel = self.tunnels.of(request)
+        if request.method == "CONNECT" and tunnel is None:
+            return await self._connect(request, runtime)
         # The path is logged once the target is admitted: never a refused request's bytes.
         exchange = Exchange(request.method, "", time.perf_counter())
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
         self.metrics.in_flight += 1
+        if tunnel is not None:
+            tunnel.in_flight += 1
         try:
-            return await self._handle(request, runtime, exchange)
+            return await self._handle(request, runtime, exchange, tunnel)
         except ProxyError as err:
             if exchange.response_started:  # cannot happen by design; never send a second head
                 return _cut(request, exchange, err.code)
@@ -128,6 +176,8 @@ class ProxyHandler:
             )
             if err.close or body_unread(request):
                 response.force_close()  # unread body bytes must never pass as a request
+                if request.method == "CONNECT":  # inside a tunnel
+                    end_connect_payload(request)
             return response
         except ResponseAborted as err:
             log.warning("response_aborted", route=exchange.route, reason=str(err))
@@ -142,6 +192,13 @@ class ProxyHandler:
         finally:
             self.in_flight.discard(task)
             self.metrics.in_flight -= 1
+            if tunnel is not None:
+                tunnel.in_flight -= 1
+                tunnel.requests += 1
+                tunnel.bytes_in += exchange.bytes_in
+                tunnel.bytes_out += exchange.bytes_out
+                if tunnel.connection is not None:
+                    tunnel.connection.request_done()
             if not exchange.status:  # the client left before any answer
                 exchange.status = CLIENT_CLOSED_STATUS
             if exchange.upstream_date and exchange.route:
@@ -150,13 +207,37 @@ class ProxyHandler:
             self.metrics.observe(exchange, duration)
             self._access_log(exchange, duration)
 
+    async def _connect(self, request: web.BaseRequest, runtime: Runtime) -> web.StreamResponse:
+        """A CONNECT: a tunnel whose requests are signed (`proxy.tunnel`), or a refusal that
+        names its target in the access log. An accepted CONNECT is not an access-log request:
+        its tunnel logs one line when it closes."""
+        try:
+            plan = plan_connect(request, runtime, self.tunnels.open_count)
+        except ProxyError as err:
+            exchange = Exchange("CONNECT", target_for_log(request.raw_path), time.perf_counter())
+            exchange.status, exchange.error = err.status, err.code
+            self.metrics.observe(exchange, time.perf_counter() - exchange.started)
+            self._access_log(exchange, time.perf_counter() - exchange.started)
+            response = error_response(err.status, err.code, err.message, None, err.headers)
+            response.force_close()
+            end_connect_payload(request)
+            return response
+        return await self.tunnels.open(request, plan, runtime)
+
     async def _handle(
-        self, request: web.BaseRequest, runtime: Runtime, exchange: Exchange
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        exchange: Exchange,
+        tunnel: Tunnel | None = None,
     ) -> web.StreamResponse:
-        admit(request, runtime)
+        admit(request, runtime, tunneled=tunnel is not None)
         target = request_target(request)
         exchange.path = target.path
-        match = find_route(runtime.table, target, request)
+        if tunnel is None:
+            match = find_route(runtime.table, target, request)
+        else:
+            match = tunnel.route_request(runtime, target, request.headers.get("Host"))
         route = match.route
         exchange.route = route.name
         take_slot(route)
@@ -265,13 +346,14 @@ class ProxyHandler:
         )
 
 
-def admit(request: web.BaseRequest, runtime: Runtime) -> None:
-    """Refuse, before any route is looked at, what the proxy never forwards."""
-    if runtime.access is not None:
+def admit(request: web.BaseRequest, runtime: Runtime, *, tunneled: bool = False) -> None:
+    """Refuse, before any route is looked at, what the proxy never forwards. A request inside
+    a tunnel was admitted with its CONNECT (`proxy.tunnel`)."""
+    if runtime.access is not None and not tunneled:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
-    if request.method == "CONNECT":
+    if request.method == "CONNECT":  # only reached inside a tunnel
         # Closed: the bytes after a CONNECT are the tunnel's, never a request to serve.
-        raise ProxyError(405, "connect_not_supported", _CONNECT_MESSAGE, close=True)
+        raise ProxyError(405, "connect_not_supported", _CONNECT_IN_TUNNEL, close=True)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")

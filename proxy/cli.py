@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -17,6 +18,8 @@ from proxy.command import (
 )
 from proxy.config import Config, ConfigError, describe_signer
 
+SETTLE_AFTER_SECONDS: Final = 1.0  # from ready to the garbage collector's settling
+
 _EPILOG: Final = """\
 examples:
   # from the repository's root; the credentials of config/example.yaml are dummies
@@ -29,8 +32,10 @@ examples:
       --data '{"a":1}' --at 2023-11-14T22:13:20.123Z https://api-us.devo.com/probio/operation
 
 Apps use it as a reverse proxy (point their base URL at it) or a forward proxy
-(HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs). Requests that match no route
-are refused with 403.
+(http_proxy and HTTP_PROXY=http://127.0.0.1:8080 with plain http:// URLs; a CONNECT to port 80
+of a routed host is signed too). For https:// URLs a route can opt into HTTPS interception
+(intercept: true, with a CA from `signing-proxy ca create`). Requests that match no route are
+refused with 403; the proxy never opens a blind tunnel.
 """
 
 
@@ -104,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sign.add_argument("url", help="the URL the app would request")
 
+    from proxy.interception.cacmd import add_ca_parser
+
+    add_ca_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="run the proxy on a demo config in front of a local echo server"
     )
@@ -146,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.signcmd import sign_command
 
         return sign_command(args)
+    if args.command == "ca":
+        from proxy.interception.cacmd import ca_command
+
+        return ca_command(args)
     if args.command == "demo":
         from proxy.demo import run_demo
 
@@ -163,16 +176,17 @@ def config_schema_json() -> str:
 
 
 def _check(path: str) -> int:
-    from proxy.signers import PLUGIN_CLASSES, PLUGIN_ERRORS
+    from proxy.signers import plugin_classes, plugin_errors
 
-    for name, reason in PLUGIN_ERRORS.items():
+    plugins = plugin_classes()  # every installed plugin tried, so a broken one is reported
+    for name, reason in plugin_errors().items():
         print(f"warning: plugin scheme {name} not loaded: {reason}", file=sys.stderr)
     runtime = build_or_report(path)  # what `run` builds, short of the network
     if runtime is None:
         return EXIT_CONFIG
     config = runtime.config
-    if PLUGIN_CLASSES:
-        print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in PLUGIN_CLASSES))
+    if plugins:
+        print("plugin schemes: " + ", ".join(_plugin_source(cls) for cls in plugins))
     print(
         f"{path}: OK, {len(config.routes)} route(s); listen {config.listen}, admin {config.admin}"
     )
@@ -180,8 +194,22 @@ def _check(path: str) -> int:
         match = " ".join(
             f"{key}={value}" for key, value in route.match.model_dump().items() if value is not None
         )
+        intercept = "  intercept" if route.intercept else ""
         print(
             f"  {route.name}: {match} -> {route.upstream}  signer {describe_signer(route.signer)}"
+            f"{intercept}"
+        )
+    if config.interception is not None:
+        from proxy.interception.ca import CertificateAuthority
+
+        interception = config.interception
+        ca = CertificateAuthority.from_pem(
+            interception.ca_cert.reveal(), interception.ca_key.reveal()
+        )
+        print(
+            f"  interception: CA {ca.subject} (ca_cert={interception.ca_cert.source}, "
+            f"ca_key={interception.ca_key.source}) valid until {ca.not_after:%Y-%m-%d}; "
+            f"host certificates for {interception.leaf_validity_days} day(s)"
         )
     return 0
 
@@ -218,8 +246,14 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:  # a setting that validated but cannot be used
         report_config_error(err)
         return EXIT_CONFIG
+
+    def settle_soon() -> None:
+        # The settling's full collection (10-40 ms) would hold the first /readyz answer, and
+        # start-up time is the pod's: it runs once the proxy has served for a moment.
+        asyncio.get_running_loop().call_later(SETTLE_AFTER_SECONDS, settle_garbage_collector)
+
     try:
-        run_event_loop(server.run_until_signalled(on_ready=settle_garbage_collector))
+        run_event_loop(server.run_until_signalled(on_ready=settle_soon))
     except OSError as err:  # typically: the address is in use
         print(f"signing-proxy: cannot start: {err}", file=sys.stderr)
         return 1

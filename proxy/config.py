@@ -27,9 +27,10 @@ from pydantic import (
 from yarl import URL
 
 from proxy.http import check_settable_header
+from proxy.interception.config import InterceptionConfig, TunnelsConfig
 from proxy.secrets import HeaderSecretValue
-from proxy.signers import PLUGIN_ERRORS, SIGNERS, AnySignerConfig, SignerConfig
-from proxy.signers.hmac.config import KEY_PATH_CTX
+from proxy.signers import AnySignerConfig, SignerConfig, plugin_errors, scheme_names
+from proxy.signers.base import KEY_PATH_CTX
 from proxy.upstream_tls import TlsConfig
 from proxy.yamlsource import YamlDocument, YamlError, load_yaml
 
@@ -293,6 +294,12 @@ class RouteConfig(_Model):
     retries: RetryConfig | None = Field(
         default=None, description="Opt-in retries, each attempt signed afresh (default: none)."
     )
+    intercept: bool = Field(
+        default=False,
+        description="Intercept HTTPS: answer `CONNECT host:443` (or match.host's port) with a "
+        "TLS tunnel under a certificate from interception's CA, and sign the requests inside. "
+        "Needs an exact or wildcard match.host and the interception section.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -384,6 +391,14 @@ class Config(_Model):
     access: AccessConfig | None = Field(
         default=None, description="Client networks and/or a proxy token (shared deployments)."
     )
+    tunnels: TunnelsConfig = Field(
+        default_factory=TunnelsConfig,
+        description="Bounds of CONNECT tunnels (CONNECT host:80 and intercepted HTTPS).",
+    )
+    interception: InterceptionConfig | None = Field(
+        default=None,
+        description="The CA that signs host certificates for routes with intercept: true.",
+    )
     routes: list[RouteConfig] = Field(min_length=1, description="First match wins.")
 
     _check_listen = field_validator("listen", "admin")(_check_host_port)
@@ -474,12 +489,15 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if not isinstance(doc.data, dict):
         problems.append(ConfigProblem("", 1, "the config must be a YAML mapping"))
         raise ConfigError(source, problems)
-    problems += _duplicate_route_names(doc)
+    problems += _duplicate_route_names(doc) + _intercept_problems(doc)
+    config = None
     try:
         config = Config.model_validate(doc.data)
     except ValidationError as exc:
         problems += [p for p in _problems(exc, doc) if p not in problems]
-    if problems:
+    if config is not None and not problems:
+        problems += _constrained_hosts(config, doc)
+    if problems or config is None:
         raise ConfigError(source, sorted(problems, key=lambda p: p.line))
     return config
 
@@ -500,6 +518,51 @@ def _duplicate_route_names(doc: YamlDocument) -> list[ConfigProblem]:
     return problems
 
 
+def _intercept_problems(doc: YamlDocument) -> list[ConfigProblem]:
+    """`intercept: true` needs a route that names its host, and the CA (checked on the raw
+    data, so these are reported with the key and line, together with every other problem)."""
+    routes = doc.data.get("routes")
+    if not isinstance(routes, list):
+        return []
+    problems = []
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict) or route.get("intercept") is not True:
+            continue
+        path = ("routes", index, "intercept")
+        match = route.get("match")
+        host = match.get("host") if isinstance(match, dict) else None
+        if not isinstance(host, str) or not host:
+            message = "intercept needs match.host (an exact host or *.example.com)"
+            problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))
+        elif doc.data.get("interception") is None:
+            message = "intercept needs the interception section (ca_cert and ca_key)"
+            problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))
+    return problems
+
+
+def _constrained_hosts(config: Config, doc: YamlDocument) -> list[ConfigProblem]:
+    """An intercepted host the CA's name constraints exclude: every client would refuse its
+    certificate."""
+    if config.interception is None:
+        return []
+    from proxy.interception.ca import CertificateAuthority
+
+    interception = config.interception
+    ca = CertificateAuthority.from_pem(interception.ca_cert.reveal(), interception.ca_key.reveal())
+    problems = []
+    for index, route in enumerate(config.routes):
+        if not route.intercept or route.match.host is None:
+            continue
+        host = route.match.host
+        if not host.endswith("]") and ":" in host:
+            host = host.rpartition(":")[0]
+        if not ca.permits(host.removeprefix("*.")):
+            path = ("routes", index, "match", "host")
+            message = f"{host} is outside the name constraints of interception.ca_cert"
+            problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))
+    return problems
+
+
 def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
     problems = []
     # include_input=False: the input may be a secret literal.
@@ -513,13 +576,13 @@ def _problems(exc: ValidationError, doc: YamlDocument) -> list[ConfigProblem]:
         elif error["type"] == "missing":
             message = f"{path[-1]} is required"
         elif error["type"] == "union_tag_invalid":
-            known = ", ".join(SIGNERS)
+            known = ", ".join(scheme_names())
             tag = error["ctx"]["tag"]
             message = f"unknown scheme {tag!r} (known: {known})"
-            if tag in PLUGIN_ERRORS:
-                message += f"; its plugin failed to load: {PLUGIN_ERRORS[tag]}"
+            if tag in plugin_errors():
+                message += f"; its plugin failed to load: {plugin_errors()[tag]}"
         elif error["type"] == "union_tag_not_found":
-            message = f"scheme is required (one of: {', '.join(SIGNERS)})"
+            message = f"scheme is required (one of: {', '.join(scheme_names())})"
         if error["type"] == "value_error" and "duplicate route name" in message:
             continue  # reported with its own line by _duplicate_route_names
         problems.append(ConfigProblem(format_path(path), doc.line_of(path), message))

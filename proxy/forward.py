@@ -10,6 +10,8 @@ the client has been sent anything.
 
 from __future__ import annotations
 
+import errno
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -26,10 +28,12 @@ from proxy.config import RouteConfig, setting_at
 from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
 from proxy.http import are_field_names
-from proxy.logs import parser_refusal_reason
+from proxy.logs import get_logger, parser_refusal_reason
 from proxy.signers import UpstreamRequest
 from proxy.tls import client_tls
 from proxy.upstream_tls import TlsMaterial, material_digest
+
+log = get_logger("signing_proxy")
 
 CHUNK_SIZE: Final = 64 * 1024
 SMALL_RESPONSE: Final = 64 * 1024  # read whole and answered in one piece
@@ -158,10 +162,10 @@ class Forwarder:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             message = "the upstream did not answer in time"
-            raise ProxyError(504, "upstream_timeout", message) from exc
+            raise upstream_failed(exchange, exc, 504, "upstream_timeout", message) from exc
         except aiohttp.ClientConnectorError as exc:
             message = f"cannot connect to the upstream: {failure_reason(exc)}"
-            raise ProxyError(502, "upstream_unreachable", message) from exc
+            raise upstream_failed(exchange, exc, 502, "upstream_unreachable", message) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             if client.transport is None or client.transport.is_closing():
                 exchange.error = "client_closed"
@@ -169,7 +173,7 @@ class Forwarder:
             if request_body.failure is not None:  # the client's body broke, not the upstream
                 raise ProxyError(400, "invalid_body", request_body.failure) from exc
             message = f"the upstream failed: {failure_reason(exc)}"
-            raise ProxyError(502, "upstream_bad_response", message) from exc
+            raise upstream_failed(exchange, exc, 502, "upstream_bad_response", message) from exc
         exchange.upstream_seconds = time.perf_counter() - started
         exchange.upstream_date = response.headers.get("Date")
         try:
@@ -180,7 +184,7 @@ class Forwarder:
         except (TimeoutError, aiohttp.ClientError) as exc:
             response.release()
             message = f"the upstream response broke off: {failure_reason(exc)}"
-            raise ProxyError(502, "upstream_bad_response", message) from exc
+            raise upstream_failed(exchange, exc, 502, "upstream_bad_response", message) from exc
         except BaseException:
             response.release()
             raise
@@ -253,6 +257,51 @@ class _ClientBody:
             raise
 
 
+def upstream_failed(
+    exchange: Exchange, exc: BaseException, status: int, code: str, message: str
+) -> ProxyError:
+    """The error answered for a failed exchange with the upstream, logged first at warning
+    level with its cause: the access log's line carries only the error code."""
+    log.warning(
+        "upstream_failed",
+        route=exchange.route,
+        upstream=exchange.upstream_host,
+        code=code,
+        cause=failure_cause(exc),
+        reason=failure_reason(exc),
+    )
+    return ProxyError(status, code, message)
+
+
+def failure_cause(exc: BaseException) -> str:
+    """What kind of failure `exc` is, one word for a log field: `tls_verification`, `tls`,
+    `dns`, `refused`, `reset`, `timeout`, `disconnected` (closed with no answer),
+    `bad_response` (not valid HTTP), else `connect` or `network`."""
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError) or isinstance(
+        os_error, ssl.SSLCertVerificationError
+    ):
+        return "tls_verification"
+    if isinstance(exc, aiohttp.ClientSSLError) or isinstance(os_error, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one
+        return "timeout"
+    if isinstance(os_error, socket.gaierror):
+        return "dns"
+    if isinstance(os_error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(os_error, ConnectionResetError) or getattr(os_error, "errno", None) in (
+        errno.ECONNRESET,
+        errno.EPIPE,
+    ):
+        return "reset"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return "bad_response"
+    return "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "network"
+
+
 def failure_reason(exc: BaseException) -> str:
     """Why a client operation failed, fit for a client and a log: never the signed URL."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -261,6 +310,13 @@ def failure_reason(exc: BaseException) -> str:
         return getattr(error, "strerror", None) or str(error) or type(error).__name__
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or type(exc.os_error).__name__
+    # A connect timeout's str() is "Connection timeout to host <the signed URL>".
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "no connection within timeout.connect"
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return "no data within timeout.read"
+    if isinstance(exc, TimeoutError):
+        return "no complete answer within timeout.total"
     # Their str() appends the upstream URL, whose query is signed: signatures, and an AWS
     # session token (X-Amz-Security-Token) when presigning. Reasons reach clients and logs.
     if isinstance(exc, aiohttp.ClientResponseError):

@@ -297,3 +297,49 @@ def worker_ready_gauge(registry: CollectorRegistry) -> Gauge:
         registry=registry,
         multiprocess_mode="liveall",
     )
+
+
+class TunnelMetrics:
+    """CONNECT tunnels and HTTPS interception: separate series, so the request metrics of the
+    requests inside a tunnel keep their labels."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.opened = Counter(
+            "signing_proxy_tunnels_opened_total",
+            "CONNECT tunnels answered 200, by route and scheme (http: CONNECT host:80; "
+            "https: intercepted).",
+            ["route", "scheme"],
+            registry=registry,
+        )
+        self.closed = Counter(
+            "signing_proxy_tunnels_closed_total",
+            "CONNECT tunnels closed, by route and reason.",
+            ["route", "reason"],
+            registry=registry,
+        )
+        self.open = Gauge(
+            "signing_proxy_tunnels_open",
+            "CONNECT tunnels open now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.handshake_failures = Counter(
+            "signing_proxy_tunnel_handshake_failures_total",
+            "Intercepted tunnels whose client's TLS handshake failed, by route and reason "
+            "(untrusted_certificate, sni_mismatch, timeout, protocol, client_closed, tls_error).",
+            ["route", "reason"],
+            registry=registry,
+        )
+        self.leaf_expiry = Gauge(
+            "signing_proxy_interception_leaf_expiry_timestamp_seconds",
+            "When the host certificate last minted for the route's tunnels expires (Unix time).",
+            ["route"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.ca_expiry = Gauge(
+            "signing_proxy_interception_ca_expiry_timestamp_seconds",
+            "When the interception CA's certificate expires (Unix time).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )

@@ -203,3 +203,27 @@ class RouteTable:
                 continue
             return RouteMatch(route, (route.upstream_base_path + rest) or "/")
         return None
+
+    def match_tunnel(
+        self, path: str, host: str, port: int, *, intercepted: bool
+    ) -> RouteMatch | None:
+        """A request inside a CONNECT tunnel to `host:port`: the first route that takes the
+        tunnel (`takes_tunnel`) and whose prefix matches `path`."""
+        for route in self.routes:
+            if not takes_tunnel(route, host, port, intercepted=intercepted):
+                continue
+            rest = route.strip_prefix(path)
+            if rest is not None:
+                return RouteMatch(route, (route.upstream_base_path + rest) or "/")
+        return None
+
+
+def takes_tunnel(route: Route, host: str, port: int, *, intercepted: bool) -> bool:
+    """Whether `route` takes the requests of a tunnel to `host:port`: a route that names its
+    host (as for forward-proxy requests); for an intercepted tunnel only a route with
+    `intercept: true`, and one whose `match.host` names no port only on port 443."""
+    if route.host is None:
+        return False
+    if intercepted and (not route.config.intercept or (route.port is None and port != 443)):
+        return False
+    return route.matches_host(host, port)

@@ -178,6 +178,7 @@ class ProxyServer:
             site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.worker)
             await site.start()
         self.reload_metrics.loaded(reloaded=False)
+        self._interception_gauges(self.runtime)
         self._report_client_certs()
         if self.config_path is not None:
             paths = watched_files(self.runtime.config, self.config_path)
@@ -270,6 +271,7 @@ class ProxyServer:
             problem = ConfigProblem(format_path(err.key), 1, err.message)
             return self._reload_failed(reason, [str(problem)])
         old, self.handler.runtime = self.handler.runtime, runtime  # the atomic swap
+        self._interception_gauges(runtime)
         self._report_client_certs()
         self._warn_on_restart_settings(old.config, config)
         if self._watcher is not None:
@@ -297,6 +299,21 @@ class ProxyServer:
                     message=f"a change of {key} takes effect on restart only",
                 )
 
+    def _interception_gauges(self, runtime: Runtime) -> None:
+        """The CA's expiry, and each exact intercepted host's leaf (minted at this load)."""
+        leaves = runtime.leaves
+        if leaves is None:
+            return
+        from proxy.interception.leaves import normalize_host  # with interception only
+
+        metrics = self.handler.tunnels.metrics
+        metrics.ca_expiry.set(leaves.ca.not_after.timestamp())
+        for route in runtime.table.routes:
+            if route.config.intercept and route.host and not route.wildcard:
+                expiry = leaves.not_after(normalize_host(route.host))
+                if expiry is not None:
+                    metrics.leaf_expiry.labels(route.name).set(expiry)
+
     async def stop(self) -> None:
         """Close the listener, give in-flight requests `shutdown_timeout` seconds, cut the ones
         still running (logged and counted as `shutdown`), close everything. Returns within
@@ -304,6 +321,9 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
         self.draining = True
+        # Tunnels: idle ones close now, busy ones once their request is answered (the TLS
+        # close bounded to ~2 s); the in-flight wait below covers their requests.
+        self.handler.tunnels.drain()
         for task in list(self._tasks):
             task.cancel()
         if self._watcher is not None:

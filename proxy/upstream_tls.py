@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -124,6 +122,11 @@ def client_context_for(trust: ssl.SSLContext | bool) -> ssl.SSLContext:
 
 def _check_pair(tls: TlsConfig, cert_pem: bytes, key_pem: bytes) -> float:
     """The certificate's expiry, once the key is known to match it (clear errors first)."""
+    # Imported here: only a route with a client certificate needs cryptography (its import
+    # is ~7 MiB of a sidecar's memory: bench/footprint.py).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     password = tls.key_password.reveal().encode() if tls.key_password is not None else None
     try:
         certificate = x509.load_pem_x509_certificates(cert_pem)[0]
@@ -190,6 +193,8 @@ def _read_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:
 
 
 def _public_bytes(key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -26,7 +26,7 @@ import yaml
 STRUCTURED = {
     "image", "proxy", "config", "secret", "spool", "tmpVolume", "sidecar", "serviceAccount",
     "service", "autoscaling", "podDisruptionBudget", "serviceMonitor", "podMonitor",
-    "networkPolicy", "networkPolicy.egress", "prometheusRule", "grafanaDashboard",
+    "networkPolicy", "networkPolicy.egress", "prometheusRule", "grafanaDashboard", "interception",
 }  # fmt: skip
 
 
@@ -54,7 +54,11 @@ def undocumented(chart: Path, values: dict[str, Any]) -> list[str]:
 def _models_in(annotation: Any) -> Iterator[type]:
     from pydantic import BaseModel
 
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    from proxy.signers import SignerConfig, signer_classes
+
+    if annotation is SignerConfig:  # a route's `signer:`: the model of any scheme
+        yield from (cls.config_model for cls in signer_classes())
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
     for arg in typing.get_args(annotation):
         yield from _models_in(arg)

@@ -13,8 +13,11 @@
 3. Cross-references: Service, ServiceMonitor, PodMonitor, PDB, HPA and NetworkPolicy
    select pods and ports that exist in the same render.
 4. With --program: every rendered config.yaml is accepted by `signing-proxy check`, with the
-   credential files it names replaced by dummy files (and those files must live under the
-   pod's Secret mount).
+   credential files it names replaced by dummy files (and those files must live under one of
+   the proxy container's Secret mounts); the interception CA by one `signing-proxy ca create`
+   makes.
+   HTTPS interception: the CA's Secret is mounted by the proxy container only (never the
+   app's), and the CA certificate ConfigMap holds a certificate and no private key.
 
 5. Monitoring: a PrometheusRule's rules pass `promtool check rules` (with --promtool) and are
    the rules of deploy/prometheus/alerts.yaml; a Grafana dashboard ConfigMap holds dashboard
@@ -235,20 +238,26 @@ def check_app_proxy_env(report: Report, label: str, spec: dict[str, Any]) -> Non
             continue
         env = {e["name"]: e.get("value") for e in c.get("env") or [] if "name" in e}
         who = f"{label} app container {c.get('name')}"
-        for lower, upper in (("http_proxy", "HTTP_PROXY"), ("no_proxy", "NO_PROXY")):
+        pairs = (
+            ("http_proxy", "HTTP_PROXY"),
+            ("https_proxy", "HTTPS_PROXY"),
+            ("no_proxy", "NO_PROXY"),
+        )
+        for lower, upper in pairs:
             if lower in env or upper in env:
                 report.check(
                     env.get(lower) == env.get(upper),
                     f"{who}: sets both {lower} and {upper}, equal",
                     f"{lower}={env.get(lower)!r} {upper}={env.get(upper)!r}",
                 )
-        if "http_proxy" in env or "HTTP_PROXY" in env:
-            url = env.get("http_proxy") or env.get("HTTP_PROXY") or ""
-            report.check(
-                url.rstrip("/").endswith(f"://{listen}"),
-                f"{who}: http_proxy points at the sidecar's --listen {listen}",
-                url,
-            )
+        for lower, upper in pairs[:2]:
+            if lower in env or upper in env:
+                url = env.get(lower) or env.get(upper) or ""
+                report.check(
+                    url.rstrip("/").endswith(f"://{listen}"),
+                    f"{who}: {lower} points at the sidecar's --listen {listen}",
+                    url,
+                )
 
 
 def check_proxy_pod(
@@ -285,12 +294,64 @@ def check_proxy_pod(
                 str(annotations.get("checksum/config")),
             )
             configs.append((cm, secret_paths))
+            check_ca_mounts(
+                report, who, cm=cm, config_key=config_key, proxy=c, spec=spec, docs=docs
+            )
         else:
             print(f"  note {who}: ConfigMap {cm_name} is not rendered here (existingConfigMap)")
         for secret_name in secret_names:
             if ("Secret", secret_name) in rendered:
                 report.check("checksum/secret" in annotations, f"{who}: checksum/secret present")
     return configs
+
+
+def check_ca_mounts(
+    report: Report,
+    who: str,
+    *,
+    cm: dict[str, Any],
+    config_key: str,
+    proxy: dict[str, Any],
+    spec: dict[str, Any],
+    docs: list[dict[str, Any]],
+) -> None:
+    """HTTPS interception: the CA key is mounted into the proxy container and no other; the
+    CA certificate (only) is published in a ConfigMap."""
+    config = yaml.safe_load((cm.get("data") or {}).get(config_key, "")) or {}
+    interception = config.get("interception")
+    if not interception:
+        return
+    key_file = (interception.get("ca_key") or {}).get("file", "")
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    mount = next(
+        (
+            m
+            for m in proxy.get("volumeMounts") or []
+            if key_file.startswith(m["mountPath"].rstrip("/") + "/")
+        ),
+        None,
+    )
+    report.check(
+        mount is not None and "secret" in volumes.get(mount["name"], {}),
+        f"{who}: interception.ca_key {key_file} is in a Secret mounted into the proxy container",
+    )
+    if mount is None:
+        return
+    others = [
+        c.get("name")
+        for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+        if c is not proxy and any(m["name"] == mount["name"] for m in c.get("volumeMounts") or [])
+    ]
+    report.check(not others, f"{who}: only the proxy container mounts the CA Secret", str(others))
+    published = [
+        d for d in docs if d.get("kind") == "ConfigMap" and "ca.crt" in (d.get("data") or {})
+    ]
+    report.check(
+        len(published) == 1
+        and "BEGIN CERTIFICATE" in published[0]["data"]["ca.crt"]
+        and "PRIVATE KEY" not in published[0]["data"]["ca.crt"],
+        f"{who}: the CA certificate (no key) is published in a ConfigMap for the apps",
+    )
 
 
 # ---- 3. cross-references --------------------------------------------------------------------
@@ -472,7 +533,17 @@ def check_config(
     who = f"{label} ConfigMap/{cm['metadata']['name']}"
     with tempfile.TemporaryDirectory(prefix="sp-config-check.") as tmp:
         fake = copy.deepcopy(config)
-        for ref in file_refs(fake):
+        ca_files = {}
+        if isinstance(fake.get("interception"), dict):  # a real CA: check verifies it
+            subprocess.run(  # noqa: S603 - our own program
+                [program, "ca", "create", "--out", f"{tmp}/ca"],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            ca_files = {"ca_cert": f"{tmp}/ca/ca.crt", "ca_key": f"{tmp}/ca/ca.key"}
+        # The CA's files are checked by check_ca_mounts (a Secret of their own).
+        for ref in file_refs({k: v for k, v in fake.items() if k != "interception"}):
             path = ref["file"]
             report.check(
                 _in_mounts(path, secrets_paths),
@@ -484,6 +555,8 @@ def check_config(
             dummy.write_text("dummy-credential-0123456789abcdef\n")
             ref["file"] = str(dummy)
         fake_key_material(fake, Path(tmp), secrets_paths, report, who)
+        for name, path in ca_files.items():
+            fake["interception"][name] = {"file": path}
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(fake))
         result = subprocess.run(  # noqa: S603 - our own program, on our own file

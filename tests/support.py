@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
@@ -158,6 +159,58 @@ def running_upstream(ssl_context: ssl.SSLContext | None = None) -> Iterator[Upst
         upstream.stop()
 
 
+Behaviour = Callable[["ScriptedUpstream", socket.socket, bytes], None]
+
+
+class ScriptedUpstream:
+    """A TCP server answering by hand: per connection, a thread reads the request head and
+    runs `behaviour(server, conn, head)`. What the behaviour observes (the proxy closing the
+    connection, a write failing) goes to `events` as `(what, time.monotonic())`."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.heads: list[bytes] = []
+        self.events: queue.Queue[tuple[str, float]] = queue.Queue()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(20)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                self.heads.append(head)
+                self.behaviour(self, conn, head)
+            except OSError:
+                pass
+
+    def drain_events(self) -> None:
+        while not self.events.empty():
+            self.events.get_nowait()
+
+    def close(self) -> None:
+        self._server.close()
+
+
 @dataclass
 class ProxyProcess:
     """`signing-proxy run` in a subprocess, its stderr (the logs) captured to a file."""
@@ -237,11 +290,14 @@ class ProxyProcess:
         """The access-log events whose fields equal `match`, waiting up to `timeout` for the
         first: a line is written at the end of the event-loop turn that answered, so it can
         reach the log a moment after the client has its response."""
+        return self.log_events("request", timeout, **match)
+
+    def log_events(self, event: str, timeout: float = 5, **match: object) -> list[dict[str, Any]]:
+        """The JSON log lines of `event` whose fields equal `match`, waiting up to `timeout`
+        for the first."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [
-                e for e in self.events("request") if all(e.get(k) == v for k, v in match.items())
-            ]
+            found = [e for e in self.events(event) if all(e.get(k) == v for k, v in match.items())]
             if found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)

@@ -129,6 +129,45 @@ BAD_CONFIGS = [
         "unknown scheme 'hmac-magic'",
     ),
     (
+        "scheme-missing",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /d}
+            upstream: https://x.example.com
+            signer: {token: t}
+        """,
+        "routes[0].signer",
+        5,
+        "scheme is required (one of: bearer, header,",
+    ),
+    (
+        "signer-not-a-mapping",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /d}
+            upstream: https://x.example.com
+            signer: bearer
+        """,
+        "routes[0].signer",
+        5,
+        "Input should be a valid dictionary or object to extract fields from",
+    ),
+    (
+        "scheme-not-a-string",
+        """\
+        routes:
+          - name: a
+            match: {path_prefix: /d}
+            upstream: https://x.example.com
+            signer: {scheme: [bearer], token: t}
+        """,
+        "routes[0].signer",
+        5,
+        "unknown scheme \"['bearer']\" (known: bearer, header,",
+    ),
+    (
         "missing-env-secret",
         """\
         routes:

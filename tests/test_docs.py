@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from proxy.cli import build_parser, config_schema_json
-from proxy.metrics import CredentialMetrics, Metrics, ReloadMetrics, worker_ready_gauge
+from proxy.metrics import (
+    CredentialMetrics,
+    Metrics,
+    ReloadMetrics,
+    TunnelMetrics,
+    worker_ready_gauge,
+)
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -46,6 +52,7 @@ def test_every_metric_is_documented() -> None:
     metrics = Metrics()
     ReloadMetrics(metrics.registry)
     CredentialMetrics(metrics.registry)
+    TunnelMetrics(metrics.registry)
     ClockSkew(metrics.registry)
     worker_ready_gauge(CollectorRegistry())
     names = {m.name for m in metrics.registry.collect()} | {"signing_proxy_worker_ready"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import socket
 import struct
 import subprocess
@@ -25,81 +24,38 @@ from aiohttp import web
 
 from proxy.config import parse_config
 from proxy.server import ProxyServer
-from tests.support import ProxyProcess, Upstream, free_port, running_proxy, running_upstream
+from tests.support import (
+    Behaviour,
+    ProxyProcess,
+    ScriptedUpstream,
+    Upstream,
+    free_port,
+    running_proxy,
+    running_upstream,
+)
 
 MIB = 1024 * 1024
 BEARER = {"scheme": "bearer", "token": "faults-token"}
 
-Behaviour = Callable[["RawUpstream", socket.socket, bytes], None]
-
-
-class RawUpstream:
-    """A TCP server answering by hand: per connection, a thread reads the request head and
-    runs `behaviour(server, conn, head)`. What the behaviour observes (the proxy closing the
-    connection, a write failing) goes to `events` as `(what, time.monotonic())`."""
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
-        self.heads: list[bytes] = []
-        self.events: queue.Queue[tuple[str, float]] = queue.Queue()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._server.getsockname()[1])
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(20)
-            head = b""
-            try:
-                while b"\r\n\r\n" not in head:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    head += data
-                self.heads.append(head)
-                self.behaviour(self, conn, head)
-            except OSError:
-                pass
-
-    def drain_events(self) -> None:
-        while not self.events.empty():
-            self.events.get_nowait()
-
-    def close(self) -> None:
-        self._server.close()
-
 
 def _reply(data: bytes) -> Behaviour:
-    def behaviour(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+    def behaviour(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
         conn.sendall(data)
         time.sleep(0.2)
 
     return behaviour
 
 
-def _silent(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _silent(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     _wait_for_close(server, conn)
 
 
-def _reset(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _reset(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
 
 
 def _cut(head_bytes: bytes, body: bytes) -> Behaviour:
-    def behaviour(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+    def behaviour(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
         conn.sendall(head_bytes)
         time.sleep(0.1)  # the proxy has sent the client its status line by now
         conn.sendall(body)
@@ -108,12 +64,12 @@ def _cut(head_bytes: bytes, body: bytes) -> Behaviour:
     return behaviour
 
 
-def _stall_mid_body(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _stall_mid_body(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"s" * 1000)
     _wait_for_close(server, conn)
 
 
-def _wait_for_close(server: RawUpstream, conn: socket.socket) -> None:
+def _wait_for_close(server: ScriptedUpstream, conn: socket.socket) -> None:
     """Say nothing; report when the proxy closes the connection."""
     try:
         data = conn.recv(1)
@@ -122,7 +78,7 @@ def _wait_for_close(server: RawUpstream, conn: socket.socket) -> None:
     server.events.put(("closed" if not data else "data", time.monotonic()))
 
 
-def _firehose(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _firehose(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     """An endless download: report when writing fails (the proxy dropped the connection)."""
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
     chunk = b"f" * 65536
@@ -133,7 +89,7 @@ def _firehose(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
         server.events.put(("write_failed", time.monotonic()))
 
 
-def _sink(server: RawUpstream, conn: socket.socket, head: bytes) -> None:
+def _sink(server: ScriptedUpstream, conn: socket.socket, head: bytes) -> None:
     """Read the request body; report when the connection ends before it is complete."""
     try:
         while conn.recv(65536):
@@ -195,26 +151,30 @@ _QUICK = {"silent", "stall", *(f"cut-{name}" for name in CUTS)}
 
 
 @pytest.fixture(scope="module")
-def raw_upstreams() -> Iterator[dict[str, RawUpstream]]:
+def raw_upstreams() -> Iterator[dict[str, ScriptedUpstream]]:
     servers = {
-        "silent": RawUpstream(_silent),
-        "reset": RawUpstream(_reset),
-        "stall": RawUpstream(_stall_mid_body),
-        "firehose": RawUpstream(_firehose),
-        "sink": RawUpstream(_sink),
-        "hold": RawUpstream(lambda server, conn, head: _wait_for_close(server, conn)),
+        "silent": ScriptedUpstream(_silent),
+        "reset": ScriptedUpstream(_reset),
+        "stall": ScriptedUpstream(_stall_mid_body),
+        "firehose": ScriptedUpstream(_firehose),
+        "sink": ScriptedUpstream(_sink),
+        "hold": ScriptedUpstream(lambda server, conn, head: _wait_for_close(server, conn)),
     }
-    servers |= {f"bad-{name}": RawUpstream(_reply(reply)) for name, reply in BAD_REPLIES.items()}
-    servers |= {f"cut-{name}": RawUpstream(_cut(*parts)) for name, parts in CUTS.items()}
-    servers |= {f"bare-{name}": RawUpstream(_reply(reply)) for name, reply in BARE_REPLIES.items()}
-    servers["dressed"] = RawUpstream(
+    servers |= {
+        f"bad-{name}": ScriptedUpstream(_reply(reply)) for name, reply in BAD_REPLIES.items()
+    }
+    servers |= {f"cut-{name}": ScriptedUpstream(_cut(*parts)) for name, parts in CUTS.items()}
+    servers |= {
+        f"bare-{name}": ScriptedUpstream(_reply(reply)) for name, reply in BARE_REPLIES.items()
+    }
+    servers["dressed"] = ScriptedUpstream(
         _reply(
             b"HTTP/1.1 200 OK\r\nServer: vendor-gw/2\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n"
             b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
         )
     )
     # A small response is read whole before anything reaches the client: cut short, it is a 502.
-    servers["short"] = RawUpstream(
+    servers["short"] = ScriptedUpstream(
         _cut(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b"s" * 100)
     )
     yield servers
@@ -263,7 +223,7 @@ def _route(name: str, upstream: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def proxy(
-    raw_upstreams: dict[str, RawUpstream],
+    raw_upstreams: dict[str, ScriptedUpstream],
     big_upstream: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProxyProcess]:
@@ -332,7 +292,7 @@ def test_connection_refused_is_502_unreachable(proxy: ProxyProcess) -> None:
 
 
 def test_silent_upstream_is_504_after_the_read_timeout(
-    proxy: ProxyProcess, raw_upstreams: dict[str, RawUpstream]
+    proxy: ProxyProcess, raw_upstreams: dict[str, ScriptedUpstream]
 ) -> None:
     silent = raw_upstreams["silent"]
     silent.drain_events()
@@ -435,7 +395,7 @@ def test_small_body_cut_off_is_a_clean_502(proxy: ProxyProcess) -> None:
 
 
 def test_upstream_stalling_mid_body_aborts_after_the_read_timeout(
-    proxy: ProxyProcess, raw_upstreams: dict[str, RawUpstream]
+    proxy: ProxyProcess, raw_upstreams: dict[str, ScriptedUpstream]
 ) -> None:
     stall = raw_upstreams["stall"]
     stall.drain_events()
@@ -543,7 +503,7 @@ DISCONNECTS: dict[str, tuple[str, Callable[[int, str], None], str]] = {
 
 @pytest.mark.parametrize("case", list(DISCONNECTS))
 def test_client_disconnect_cancels_the_upstream_request(
-    proxy: ProxyProcess, raw_upstreams: dict[str, RawUpstream], case: str
+    proxy: ProxyProcess, raw_upstreams: dict[str, ScriptedUpstream], case: str
 ) -> None:
     name, abort, observed = DISCONNECTS[case]
     upstream = raw_upstreams[name]
@@ -560,7 +520,7 @@ def test_client_disconnect_cancels_the_upstream_request(
 
 
 def test_aborted_responses_log_no_traceback(
-    proxy: ProxyProcess, raw_upstreams: dict[str, RawUpstream]
+    proxy: ProxyProcess, raw_upstreams: dict[str, ScriptedUpstream]
 ) -> None:
     raw_upstreams["firehose"].drain_events()
     _abort_mid_download(proxy.port, _unique("firehose"))

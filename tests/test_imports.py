@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tests.conftest import REPO
 
 PACKAGE = REPO / "proxy"
@@ -88,3 +90,53 @@ def test_every_command_module_imports_on_its_own() -> None:
             check=False,
         )
         assert result.returncode == 0, (module, result.stderr)
+
+
+_LOADED = """\
+import sys
+import proxy.server
+from proxy.app import Runtime
+from proxy.cli import build_parser
+from proxy.config import parse_config
+build_parser()
+Runtime.build(parse_config(sys.stdin.read()))
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def _modules_for(*signers: dict[str, str]) -> set[str]:
+    """The modules a fresh interpreter holds once it has what `run` imports and builds for
+    these routes (the command line's parser included)."""
+    routes = [
+        {"name": f"r{i}", "match": {"path_prefix": f"/r{i}"},
+         "upstream": "https://x.example.com", "signer": signer}
+        for i, signer in enumerate(signers)
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED],
+        input=yaml.safe_dump({"routes": routes}),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_a_config_imports_only_the_schemes_it_names() -> None:
+    """A bearer sidecar loads neither the other schemes nor their libraries (its footprint:
+    bench/footprint.py); a config naming them loads them."""
+    bearer = _modules_for({"scheme": "bearer", "token": "t"})
+    assert "proxy.app" in bearer  # the run path was imported
+    signers = {m for m in bearer if m.startswith("proxy.signers.")}
+    assert signers == {"proxy.signers.base", "proxy.signers.bearer", "proxy.signers.field",
+                       "proxy.signers.plugins", "proxy.signers.registry"}  # fmt: skip
+    assert not {m.split(".")[0] for m in bearer} & {"cryptography", "http_sf", "botocore", "jwt"}
+
+    cavage = {"scheme": "http-signatures-cavage", "key_id": "k", "algorithm": "hmac-sha256",
+              "key": "c2VjcmV0"}  # fmt: skip
+    mixed = _modules_for({"scheme": "bearer", "token": "t"}, cavage)
+    assert {"proxy.signers.cavage", "cryptography", "http_sf"} <= mixed
+    assert not {"proxy.signers.jscrambler", "proxy.signers.aws_sigv4", "proxy.signers.hmac"} & mixed

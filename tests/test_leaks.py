@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,10 @@ import pytest
 import requests
 import yaml
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 
 from tests.support import free_port, running_proxy, running_upstream
 
@@ -39,7 +43,43 @@ PRIVATE_PEM = (
     )
     .decode()
 )
-KEY_MATERIAL = [line for line in PRIVATE_PEM.splitlines() if not line.startswith("-----")]
+# The interception CA's key (the crown jewel): from a file, as a Kubernetes Secret gives it.
+CA_KEY_PEM = (
+    ec.generate_private_key(ec.SECP256R1())
+    .private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    .decode()
+)
+KEY_MATERIAL = [
+    line
+    for pem in (PRIVATE_PEM, CA_KEY_PEM)
+    for line in pem.splitlines()
+    if not line.startswith("-----")
+]
+
+
+def _write_ca(secret_dir: Path) -> None:
+    """A CA certificate for CA_KEY_PEM, as `signing-proxy ca create` would make it."""
+    key = serialization.load_pem_private_key(CA_KEY_PEM.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leak test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (secret_dir / "ca.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (secret_dir / "ca.key").write_text(CA_KEY_PEM)
+
+
 # Filled in by the test: the private key's PEM lines and the client assertions it signed.
 GENERATED: list[str] = []
 
@@ -82,8 +122,20 @@ def _oauth_routes(upstream_url: str, secret_dir: Path) -> list[dict[str, object]
 def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
     (secret_dir / "devo-secret").write_text(SECRETS["LEAK_DEVO_SECRET"] + "\n")
     (secret_dir / "client.pem").write_text(PRIVATE_PEM)
+    _write_ca(secret_dir)
     return {
+        "interception": {
+            "ca_cert": {"file": str(secret_dir / "ca.crt")},
+            "ca_key": {"file": str(secret_dir / "ca.key")},
+        },
         "routes": [
+            {
+                "name": "intercepted",
+                "match": {"host": "intercepted.test"},
+                "upstream": upstream_url,
+                "intercept": True,
+                "signer": {"scheme": "bearer", "token": {"env": "LEAK_BEARER"}},
+            },
             {
                 "name": "bearer",
                 "match": {"path_prefix": "/bearer"},
@@ -181,7 +233,7 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                 },
             },
             *_oauth_routes(upstream_url, secret_dir),
-        ]
+        ],
     }
 
 
@@ -249,6 +301,25 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 response = requests.request(method, proxy.url + path, data=body, timeout=10)
                 emitted.append((f"{method} {path} body", response.text))
                 emitted.append((f"{method} {path} headers", repr(dict(response.headers))))
+            # Through an intercepted tunnel (the CA key signs its leaf), and a client that
+            # refuses the leaf (a failed handshake is logged and counted).
+            session = requests.Session()
+            session.trust_env = False  # this machine's REQUESTS_CA_BUNDLE would override verify
+            tunneled = session.get(
+                "https://intercepted.test/x",
+                proxies={"https": proxy.url},
+                verify=str(tmp_path / "ca.crt"),
+                timeout=10,
+            )
+            assert tunneled.status_code == 200
+            emitted.append(("tunnel body", tunneled.text))
+            with contextlib.suppress(requests.exceptions.SSLError):
+                session.get(
+                    "https://intercepted.test/y",
+                    proxies={"https": proxy.url},
+                    verify=True,
+                    timeout=10,
+                )
             emitted.append(("metrics", requests.get(proxy.admin_url + "/metrics", timeout=5).text))
             for path in ("/healthz", "/readyz", "/config", "/"):
                 emitted.append((path, requests.get(proxy.admin_url + path, timeout=5).text))

@@ -15,6 +15,7 @@ import pytest
 import requests
 from aiohttp import web
 
+from proxy.server import GC_YOUNG_THRESHOLD
 from tests.support import ProxyProcess, running_upstream
 
 
@@ -166,6 +167,55 @@ def test_garbage_collector_settled_after_start_and_thawed_after_reload() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok", done.stdout
+
+
+SETTLED_BY_RUN = """
+import gc, sys, threading, time, urllib.request
+from proxy.cli import main
+
+admin = sys.argv[2]
+
+
+def watch() -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://{admin}/readyz", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.02)
+    while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("frozen", gc.get_freeze_count(), "threshold", gc.get_threshold()[0], flush=True)
+    import os, signal
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+threading.Thread(target=watch, daemon=True).start()
+sys.exit(main(["run", "--config", sys.argv[1], "--listen", "127.0.0.1:0", "--admin", admin,
+               "--drain-delay", "0"]))
+"""
+
+
+def test_run_settles_the_garbage_collector_once_ready(tmp_path: Path) -> None:
+    """`run` settles the collector a moment after it is ready (not before the first /readyz
+    answer: that full collection would delay the pod's start)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "routes:\n  - {name: r, match: {path_prefix: /r}, upstream: http://127.0.0.1:9,\n"
+        "     signer: {scheme: bearer, token: t}}\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        admin = f"127.0.0.1:{sock.getsockname()[1]}"
+    done = subprocess.run(
+        [sys.executable, "-c", SETTLED_BY_RUN, str(config), admin],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _, frozen, _, threshold = done.stdout.split()
+    assert int(frozen) > 1000, done.stdout  # the start-up objects
+    assert int(threshold) == GC_YOUNG_THRESHOLD, done.stdout
 
 
 @pytest.mark.smoke

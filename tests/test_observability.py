@@ -216,7 +216,7 @@ def test_promtool_check_metrics_accepts_a_workers_scrape(tmp_path: Path) -> None
 def test_promtool_check_rules() -> None:
     result = _run(_promtool(), "check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:

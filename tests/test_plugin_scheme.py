@@ -118,3 +118,23 @@ def test_a_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     assert "warning: plugin scheme broken not loaded" in result.stderr
     assert "unknown scheme 'broken'" in result.stderr
     assert "its plugin failed to load: no_such_module_here:Signer (broken-scheme)" in result.stderr
+
+
+def test_a_plugin_is_imported_only_when_a_config_names_it(plugin_env: dict[str, str]) -> None:
+    code = (
+        "import sys, yaml\n"
+        "from proxy.app import Runtime\n"
+        "from proxy.config import parse_config\n"
+        "Runtime.build(parse_config(sys.stdin.read()))\n"
+        "print('signing_proxy_example_scheme' in sys.modules)\n"
+    )
+    bearer = {"routes": [{"name": "b", "match": {"path_prefix": "/b"},
+                          "upstream": "http://127.0.0.1:1",
+                          "signer": {"scheme": "bearer", "token": "t"}}]}  # fmt: skip
+    for config, imported in ((bearer, "False"), (_config("http://127.0.0.1:1"), "True")):
+        done = subprocess.run(
+            [sys.executable, "-c", code], input=yaml.safe_dump(config),
+            capture_output=True, text=True, timeout=60, env={**os.environ, **plugin_env},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == imported

@@ -1,12 +1,11 @@
-"""The registry of signing schemes: the config's `scheme:` name -> signer class, in one place."""
+"""Signing schemes: the contract (`proxy.signers.base`), the registry of schemes
+(`proxy.signers.registry`: built-ins and installed plugins, each imported when a config names
+it) and the `signer:` field of a route (`proxy.signers.field`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field
-
-from proxy.signers.aws_sigv4 import AwsSigV4Signer
 from proxy.signers.base import (
     BodyDigest,
     CredentialsUnavailable,
@@ -21,65 +20,46 @@ from proxy.signers.base import (
     UnsupportedMediaType,
     UpstreamRequest,
 )
-from proxy.signers.bearer import BearerSigner
-from proxy.signers.cavage import CavageSigner
-from proxy.signers.devengo import DevengoSigner
-from proxy.signers.devo import DevoSigner, DevoTokenSigner
-from proxy.signers.devresults import DevResultsSigner
-from proxy.signers.header import HeaderSigner
-from proxy.signers.hmac import HmacSigner
-from proxy.signers.http_message_signatures import HttpMessageSignaturesSigner
-from proxy.signers.jscrambler import JscramblerSigner
-from proxy.signers.oauth2 import OAuth2Signer
-from proxy.signers.plugins import load_plugins
-from proxy.signers.query_key import QueryKeySigner
-
-# One line per scheme. The order is the order of the README's table and of the JSON schema.
-SIGNER_CLASSES: tuple[type[Signer[Any]], ...] = (
-    BearerSigner,
-    HeaderSigner,
-    QueryKeySigner,
-    DevResultsSigner,
-    DevoSigner,
-    DevoTokenSigner,
-    JscramblerSigner,
-    DevengoSigner,
-    AwsSigV4Signer,
-    OAuth2Signer,
-    HttpMessageSignaturesSigner,
-    CavageSigner,
-    HmacSigner,
-    # -- registry end --
+from proxy.signers.field import SchemeConfigField
+from proxy.signers.registry import (
+    SCHEMES,
+    build_signer,
+    find_signer_class,
+    plugin_classes,
+    plugin_errors,
+    scheme_names,
+    signer_class,
+    signer_classes,
 )
 
-BUILTIN_SCHEMES: frozenset[str] = frozenset(cls.scheme for cls in SIGNER_CLASSES)
-# Installed packages' schemes (entry-point group `signing_proxy.schemes`), after the built-ins.
-PLUGIN_CLASSES, PLUGIN_ERRORS = load_plugins(set(BUILTIN_SCHEMES))
-SIGNER_CLASSES += tuple(PLUGIN_CLASSES)
-
-SIGNERS: dict[str, type[Signer[Any]]] = {cls.scheme: cls for cls in SIGNER_CLASSES}
-
-# The `signer:` field of a route: a union of every scheme's model, told apart by `scheme`.
-# Built from the registry above, so a type checker sees what every member is: a SignerConfig.
+# The `signer:` field of a route: validated by the model of the scheme it names; its JSON
+# schema is the discriminated union of every scheme's model.
 if TYPE_CHECKING:
     AnySignerConfig = SignerConfig
 else:
-    AnySignerConfig = Annotated[
-        Union[tuple(cls.config_model for cls in SIGNER_CLASSES)],  # noqa: UP007
-        Field(discriminator="scheme"),
-    ]
+    AnySignerConfig = Annotated[SignerConfig, SchemeConfigField]
 
 
-def build_signer(
-    config: SignerConfig, *, route: str = "", on_refresh: OnCredentialRefresh | None = None
-) -> Signer[Any]:
-    return SIGNERS[config.scheme].create(config, route=route, on_refresh=on_refresh)
+def __getattr__(name: str) -> Any:
+    """The registry as constants, every scheme imported: for tools and tests that look at all
+    schemes (`SIGNERS` name -> class, `SIGNER_CLASSES`, `BUILTIN_SCHEMES`, `PLUGIN_CLASSES`,
+    `PLUGIN_ERRORS`). The proxy itself asks `signer_class(name)`."""
+    if name == "SIGNERS":
+        return {cls.scheme: cls for cls in signer_classes()}
+    if name == "SIGNER_CLASSES":
+        return tuple(signer_classes())
+    if name == "BUILTIN_SCHEMES":
+        return frozenset(SCHEMES)
+    if name == "PLUGIN_CLASSES":
+        return plugin_classes()
+    if name == "PLUGIN_ERRORS":
+        plugin_classes()
+        return plugin_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "PLUGIN_CLASSES",
-    "PLUGIN_ERRORS",
-    "SIGNERS",
+    "SCHEMES",
     "AnySignerConfig",
     "BodyDigest",
     "CredentialsUnavailable",
@@ -94,4 +74,10 @@ __all__ = [
     "UnsupportedMediaType",
     "UpstreamRequest",
     "build_signer",
+    "find_signer_class",
+    "plugin_classes",
+    "plugin_errors",
+    "scheme_names",
+    "signer_class",
+    "signer_classes",
 ]

@@ -16,10 +16,14 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict
+
+# In a scheme's validation error's context: a path below the field that failed (hmac:
+# `after_sign.headers.X`), which the config loader appends to the error's location.
+KEY_PATH_CTX: Final = "key_path"
 
 OnCredentialRefresh = Callable[[str, float | None], None]
 """`(result, expiry)`: a scheme with expiring credentials reports each refresh ("success" or

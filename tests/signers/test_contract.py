@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
+from pydantic import ValidationError
 
+from proxy.config import RouteConfig
 from proxy.secrets import SecretValue
-from proxy.signers import SIGNER_CLASSES, SIGNERS, build_signer
+from proxy.signers import SIGNER_CLASSES, SIGNERS, build_signer, signer_class
 from proxy.signers.base import (
     InvalidBody,
     Signer,
@@ -80,3 +82,28 @@ def test_refusals_carry_their_status_and_code() -> None:
     assert (InvalidBody.status, InvalidBody.code) == (400, "invalid_body")
     assert issubclass(InvalidBody, SigningRefused)
     assert not issubclass(SigningRefused, ValueError)  # no longer overloading ValueError
+
+
+def test_a_registry_line_must_name_its_schemes_signer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.signers import registry
+
+    monkeypatch.setitem(registry.SCHEMES, "bearer-typo", "proxy.signers.bearer:BearerSigner")
+    with pytest.raises(TypeError, match="not the Signer of the scheme 'bearer-typo'"):
+        signer_class("bearer-typo")
+    monkeypatch.setitem(registry.SCHEMES, "not-a-signer", "proxy.signers.bearer:BearerConfig")
+    with pytest.raises(TypeError, match="not the Signer"):
+        signer_class("not-a-signer")
+
+
+def test_the_signer_field_takes_a_built_model_as_the_union_did() -> None:
+    built = BearerConfig(scheme="bearer", token="t")
+    route = RouteConfig.model_validate(
+        {"name": "r", "match": {"path_prefix": "/r"}, "upstream": "https://x.example.com",
+         "signer": built}
+    )  # fmt: skip
+    assert route.signer is built
+    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+        RouteConfig.model_validate(
+            {"name": "r", "match": {"path_prefix": "/r"}, "upstream": "https://x.example.com",
+             "signer": _DemoConfig(scheme="demo-contract", token="t")}
+        )  # fmt: skip

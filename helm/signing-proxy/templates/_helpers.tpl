@@ -93,6 +93,11 @@ holds any body the route accepts. */}}
 {{- $routes = append $routes $route -}}
 {{- end -}}
 {{- $_ := set $config "routes" $routes -}}
+{{- if .values.interception.enabled -}}
+{{- $ca := .values.interception -}}
+{{- $dir := trimSuffix "/" $ca.mountPath -}}
+{{- $_ := set $config "interception" (dict "ca_cert" (dict "file" (printf "%s/%s" $dir $ca.certKey)) "ca_key" (dict "file" (printf "%s/%s" $dir $ca.keyKey)) "leaf_validity_days" (int $ca.leafValidityDays)) -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 
@@ -171,7 +176,36 @@ or room for spool.concurrentBodies bodies of spool.maxBodyBytes plus 16 MiB, in 
 {{- end -}}
 {{- end -}}
 {{- include "signing-proxy.scanSecrets" (dict "node" (default (dict) $v.config.extraConfig) "path" "config.extraConfig" "values" $v) -}}
+{{- if hasKey (default (dict) $v.config.extraConfig) "interception" -}}
+{{- fail "config.extraConfig must not hold interception: use the interception.* values (the chart mounts the CA and writes the section)" -}}
 {{- end -}}
+{{- range $i, $route := $v.config.routes -}}
+{{- if and (eq (toString $route.intercept) "true") (not $v.interception.enabled) -}}
+{{- fail (printf "config.routes[%d].intercept needs interception.enabled (with interception.existingSecret holding the CA)" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- include "signing-proxy.validateInterception" . -}}
+{{- end -}}
+
+{{/* HTTPS interception: the CA's Secret, and its certificate (public) for the apps. */}}
+{{- define "signing-proxy.validateInterception" -}}
+{{- $ca := .values.interception -}}
+{{- if $ca.enabled -}}
+{{- if not $ca.existingSecret -}}
+{{- fail "interception.enabled needs interception.existingSecret: the Secret with the CA certificate and key (kubectl create secret tls signing-proxy-ca --cert=ca.crt --key=ca.key)" -}}
+{{- end -}}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" $ca.caCertificate) -}}
+{{- fail "interception.caCertificate must hold the CA certificate (PEM, -----BEGIN CERTIFICATE-----): the chart publishes it for the apps to trust" -}}
+{{- end -}}
+{{- if contains "PRIVATE KEY" $ca.caCertificate -}}
+{{- fail "interception.caCertificate holds a private key: it would be published in a ConfigMap. Give the certificate only; the key belongs in interception.existingSecret" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "signing-proxy.caConfigMapName" -}}
+{{- printf "%s-ca" (include "signing-proxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* Walks a piece of config: fails on {env: ...} anywhere (the value would have to be in the
@@ -333,6 +367,11 @@ The proxy container, shared by the Deployment and the sidecar. Extra context key
       mountPath: {{ trimSuffix "/" $v.extraSecretsMountPath }}/{{ .name }}
       readOnly: true
     {{- end }}
+    {{- if $v.interception.enabled }}
+    - name: signing-proxy-ca
+      mountPath: {{ $v.interception.mountPath }}
+      readOnly: true
+    {{- end }}
     - name: signing-proxy-tmp
       mountPath: /tmp
     {{- with $v.extraVolumeMounts }}
@@ -359,6 +398,12 @@ atomic updates of ConfigMaps and Secrets reach the proxy, which reloads. */}}
   secret:
     secretName: {{ .secretName }}
     defaultMode: {{ $.values.secretDefaultMode }}
+{{- end }}
+{{- if .values.interception.enabled }}
+- name: signing-proxy-ca
+  secret:
+    secretName: {{ .values.interception.existingSecret }}
+    defaultMode: {{ .values.interception.defaultMode }}
 {{- end }}
 - name: signing-proxy-tmp
   emptyDir:

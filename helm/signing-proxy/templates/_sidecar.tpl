@@ -21,6 +21,11 @@ dependency (alias signingProxy recommended) with mode: sidecar; it renders the C
     volumes:
       {{- include "signing-proxy.sidecar.volumes" $sp | nindent 8 }}
 
+With interception.enabled, the CA certificate (never the key) is in the ConfigMap named by
+  {{ include "signing-proxy.caConfigMapName" $sp }}
+(key ca.crt): mount it into your app and trust it; the CA Secret itself goes to the proxy
+container only.
+
 The context: "root" is your chart's top-level context ($), "values" this chart's values as
 your chart sees them (.Values.signingProxy, or (index .Values "signing-proxy") without an
 alias). A complete example: helm/examples/legacy-app.

@@ -6,18 +6,15 @@ path (`after_sign.headers.Authorization`), found at load, never at request time.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from proxy.secrets import HeaderSecretValue, SecretValue
-from proxy.signers.base import SignerConfig
+from proxy.signers.base import KEY_PATH_CTX, SignerConfig
 from proxy.signers.hmac.plan import PlanError, build_plan
 from proxy.signers.hmac.spec import Placements, SignSpec, VarSpec
-
-# `key_path` in an error's context: the config loader appends it to the error's location.
-KEY_PATH_CTX: Final = "key_path"
 
 
 class HmacConfig(SignerConfig):
