@@ -26,7 +26,7 @@ from pydantic import (
 )
 from yarl import URL
 
-from proxy.http import MANAGED_HEADERS, is_field_name
+from proxy.http import check_settable_header
 from proxy.interception.config import InterceptionConfig, TunnelsConfig
 from proxy.secrets import HeaderSecretValue
 from proxy.signers import AnySignerConfig, SignerConfig, plugin_errors, scheme_names
@@ -165,7 +165,7 @@ class HeadersConfig(_Model):
     @classmethod
     def _valid_set(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header_value in value.items():
-            _check_header_name(name)
+            check_settable_header(name)
             if "\r" in header_value or "\n" in header_value:
                 raise ValueError(f"the value of {name} must be one line")
         return value
@@ -174,15 +174,8 @@ class HeadersConfig(_Model):
     @classmethod
     def _valid_remove(cls, value: list[str]) -> list[str]:
         for name in value:
-            _check_header_name(name)
+            check_settable_header(name)
         return value
-
-
-def _check_header_name(name: str) -> None:
-    if not is_field_name(name):
-        raise ValueError(f"{name!r} is not a valid header name")
-    if name.lower() in MANAGED_HEADERS:
-        raise ValueError(f"{name} is managed by the proxy and cannot be edited")
 
 
 class RateLimitConfig(_Model):
@@ -271,14 +264,16 @@ class RouteConfig(_Model):
         default=DEFAULT_MAX_SPOOLED_BODY_BYTES,
         gt=0,
         description="Largest body a scheme that hashes it incrementally (devo, devengo, "
-        "aws-sigv4 signed payloads) accepts; above spool_threshold_bytes it goes to $TMPDIR, "
+        "aws-sigv4 signed payloads, the http-message-signatures and http-signatures-cavage "
+        "body digests) accepts; above spool_threshold_bytes it goes to $TMPDIR, "
         "which must have room for it (413 above; default 5 GiB, S3's largest single PUT).",
     )
     spool_threshold_bytes: int = Field(
         default=DEFAULT_SPOOL_THRESHOLD_BYTES,
         ge=0,
-        description="Bodies a scheme hashes incrementally (devo, devengo, aws-sigv4) go to a "
-        "temporary file above this size instead of memory.",
+        description="Bodies a scheme hashes incrementally (devo, devengo, aws-sigv4, "
+        "http-message-signatures, http-signatures-cavage) go to a temporary file above this "
+        "size instead of memory.",
     )
     tls: TlsConfig = TlsConfig()
     headers: HeadersConfig = HeadersConfig()

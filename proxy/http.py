@@ -19,6 +19,8 @@ _FIELD_NAME: Final = re.compile(_NAME_PATTERN)
 # All of a message's names checked at once: joined by newlines, which no valid name contains.
 _FIELD_NAMES: Final = re.compile(rf"{_NAME_PATTERN}(?:\n{_NAME_PATTERN})*")
 
+DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
+
 HOP_BY_HOP: Final = frozenset(
     {
         "connection",
@@ -41,6 +43,27 @@ MANAGED_HEADERS: Final = HOP_BY_HOP | {"host", "content-length"}
 
 def is_field_name(name: str) -> bool:
     return _FIELD_NAME.fullmatch(name) is not None
+
+
+def host_to_sign(scheme: str, host: str) -> str:
+    """`host[:port]` without the scheme's default port: what clients send as `Host`, and the
+    authority AWS, RFC 9421 (`@authority`, 2.2.3) and the hmac scheme (`{authority}`) sign."""
+    default = DEFAULT_PORTS.get(scheme.lower())
+    if default and host.endswith(f":{default}"):
+        return host[: -len(default) - 1]
+    return host
+
+
+def check_settable_header(name: str) -> None:
+    """Raise ValueError unless a config may set or remove `name`: a valid field name that is not
+    one of the `MANAGED_HEADERS` (route header edits, the `header` and `hmac` schemes)."""
+    if not is_field_name(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower() in MANAGED_HEADERS:
+        raise ValueError(
+            f"{name} is managed by the proxy, which manages framing, routing and the connection"
+            " itself: it cannot be set or removed"
+        )
 
 
 def are_field_names(names: Iterable[str]) -> bool:

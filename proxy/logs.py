@@ -23,6 +23,7 @@ from aiohttp.http_exceptions import (
     HttpProcessingError,
     InvalidHeader,
     InvalidURLError,
+    TransferEncodingError,
 )
 
 LogFormat = Literal["json", "console"]
@@ -86,6 +87,15 @@ def _quiet_parser_errors(record: logging.LogRecord) -> bool:
     """A request the HTTP parser refused (aiohttp answers it 400 itself) is one info line, not
     an error with a traceback: any client could otherwise flood the logs with tracebacks."""
     error = record.exc_info[1] if record.exc_info else None
+    cause = getattr(error, "__cause__", None)
+    if not isinstance(error, HttpProcessingError) and isinstance(cause, HttpProcessingError):
+        # The rest of a body the parser refused, met by aiohttp's lingering read after the
+        # proxy answered (and counted) the request: its reason, never its bytes or traceback.
+        reason = parser_refusal_reason(cause)
+        record.msg, record.args = "request body refused by the HTTP parser: %s", (reason,)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
     if not isinstance(error, HttpProcessingError):
         return record.levelno >= logging.WARNING
     record.msg, record.args = (
@@ -110,6 +120,15 @@ _FIXED_REASONS: Final[tuple[tuple[type[HttpProcessingError], str], ...]] = (
     (BadStatusLine, "Invalid request line"),
     (InvalidHeader, "Invalid header"),
 )
+# The Python parser's chunked-body errors in its own words; any other is the chunk-size line it
+# refused, verbatim (body bytes: they may hold a credential).
+_CHUNK_REASONS: Final = (
+    "Not enough data",
+    "Bad chunk-size line ending",
+    "Chunk size mismatch",
+    "Bad trailer line ending",
+    "Unexpected LF in chunk-extension",
+)
 
 
 def parser_refusal_reason(error: HttpProcessingError) -> str:
@@ -125,6 +144,8 @@ def parser_refusal_reason(error: HttpProcessingError) -> str:
     for kind, reason in _FIXED_REASONS:
         if isinstance(error, kind):
             return reason
+    if isinstance(error, TransferEncodingError) and not message.startswith(_CHUNK_REASONS):
+        return "Invalid character in chunk size"  # llhttp's words
     reason = _QUOTED_BYTES.split(message, maxsplit=1)[0].strip()
     return reason or type(error).__name__
 

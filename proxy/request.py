@@ -17,6 +17,7 @@ from proxy.config import RouteConfig
 from proxy.errors import ProxyError
 from proxy.forward import CHUNK_SIZE
 from proxy.http import HOP_BY_HOP, connection_tokens
+from proxy.logs import parser_refusal_reason
 from proxy.routing import RouteMatch
 from proxy.signers import BodyDigest, UpstreamRequest
 
@@ -161,7 +162,7 @@ async def read_body(
     except (HttpProcessingError, web.RequestPayloadError) as err:
         if spooled is not None:
             spooled.close()
-        raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
+        raise _malformed(err) from None
     except BaseException:
         if spooled is not None:
             spooled.close()
@@ -181,7 +182,13 @@ async def _read_declared(request: web.BaseRequest, length: int) -> bytes:
         message = f"the request body ended after {len(err.partial)} of its {length} bytes"
         raise ProxyError(400, "invalid_body", message) from None
     except (HttpProcessingError, web.RequestPayloadError) as err:
-        raise ProxyError(400, "invalid_body", f"the request body is malformed: {err}") from None
+        raise _malformed(err) from None
+
+
+def _malformed(err: HttpProcessingError | web.RequestPayloadError) -> ProxyError:
+    # The parser's message can quote the body's bytes: its reason only, as logged.
+    reason = parser_refusal_reason(err) if isinstance(err, HttpProcessingError) else str(err)
+    return ProxyError(400, "invalid_body", f"the request body is malformed: {reason}")
 
 
 async def send_continue(request: web.BaseRequest) -> None:

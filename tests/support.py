@@ -281,6 +281,11 @@ class ProxyProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log events written so far, only those named `name` when given."""
+        events = [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
+        return events if name is None else [e for e in events if e.get("event") == name]
+
     def request_events(self, timeout: float = 5, **match: object) -> list[dict[str, Any]]:
         """The access-log events whose fields equal `match`, waiting up to `timeout` for the
         first: a line is written at the end of the event-loop turn that answered, so it can
@@ -292,12 +297,7 @@ class ProxyProcess:
         for the first."""
         deadline = time.monotonic() + timeout
         while True:
-            events = [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
-            found = [
-                e
-                for e in events
-                if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
-            ]
+            found = [e for e in self.events(event) if all(e.get(k) == v for k, v in match.items())]
             if found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)

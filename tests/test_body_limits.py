@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,8 +101,7 @@ def test_a_413_names_max_spooled_body_bytes(proxy: ProxyProcess, declared: bool)
 
 
 def _assert_logged(proxy: ProxyProcess, route: str, setting: str) -> None:
-    events = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-    found = [e for e in events if e.get("event") == "body_too_large" and e["route"] == route]
+    found = [e for e in proxy.events("body_too_large") if e["route"] == route]
     assert found
     assert {e["setting"] for e in found} == {setting}
     assert proxy.request_events(route=route, error="body_too_large")

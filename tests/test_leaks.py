@@ -33,6 +33,7 @@ SECRETS = {
     "LEAK_ACCESS_TOKEN": "leak-access-token-Jr55",  # issued by the token endpoint below
     "LEAK_HMAC_SECRET": "leak-hmac-secret-Rr55",
     "LEAK_HMAC_KEY": "leak-rfc9421-hmac-key-Vv31",
+    "LEAK_CAVAGE_KEY": "leak-cavage-hmac-key-Cc47",
 }
 # A private key (RFC 9421 route): its PEM lines must never appear, whole or in part.
 PRIVATE_PEM = (
@@ -220,6 +221,17 @@ def _config(upstream_url: str, secret_dir: Path) -> dict[str, object]:
                     "components": ["@method", "x-required"],
                 },
             },
+            {
+                "name": "cavage",
+                "match": {"path_prefix": "/cavage"},
+                "upstream": upstream_url,
+                "signer": {
+                    "scheme": "http-signatures-cavage",
+                    "key_id": "cavage-key-id",
+                    "algorithm": "hmac-sha256",
+                    "key": {"env": "LEAK_CAVAGE_KEY"},
+                },
+            },
             *_oauth_routes(upstream_url, secret_dir),
         ],
     }
@@ -282,6 +294,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
                 ("GET", "/oauth-bad/x", None),  # 503: the token request fails
                 ("POST", "/rfc9421/x", b'{"a": 1}'),
                 ("GET", "/hmac9421/x", None),  # refused: no X-Required header
+                ("GET", "/cavage/x?q=1", None),
+                ("POST", "/cavage/x", b"a body"),  # refused: no Content-Type (signed on POST)
             ]
             for method, path, body in calls:
                 response = requests.request(method, proxy.url + path, data=body, timeout=10)
@@ -321,6 +335,8 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
         token_header = f"Bearer {SECRETS['LEAK_ACCESS_TOKEN']}"
         assert any(s.headers.get("Authorization") == token_header for s in upstream.seen)
         assert any(s.startswith("eyJ") for s in GENERATED)  # an assertion was signed
+        cavage = 'Signature version="1",keyId="cavage-key-id"'
+        assert any(s.headers.get("Authorization", "").startswith(cavage) for s in upstream.seen)
 
         config_path = tmp_path / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -339,6 +355,7 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
             ["sign", "--config", str(config_path), "--explain", "--json", "http://h/hmac/x"],
             ["sign", "--config", str(config_path), "--json", "--data", "{}", "http://h/rfc9421/x"],
             ["sign", "--config", str(config_path), "-H", "X-Required: 1", "http://h/hmac9421/x"],
+            ["sign", "--config", str(config_path), "--json", "http://h/cavage/x"],
         ):
             result = subprocess.run(
                 [sys.executable, "-m", "proxy", *args],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -72,11 +71,6 @@ def _auth(response: requests.Response) -> str:
     assert response.status_code == 200, response.text
     headers = dict((k.lower(), v) for k, v in response.json()["headers"])
     return headers["authorization"]
-
-
-def _events(proxy: ProxyProcess, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-    return [event for event in lines if event.get("event") == name]
 
 
 def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
@@ -162,7 +156,7 @@ def test_valid_change_applies_to_next_request(
             lambda: requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 200, timeout=3
         )
         assert requests.get(f"{proxy.url}/a/x", timeout=5).status_code == 403
-        assert _events(proxy, "config_reloaded")
+        assert proxy.events("config_reloaded")
     finally:
         assert proxy.stop() == 0
 
@@ -173,8 +167,8 @@ def test_invalid_change_is_rejected_and_old_routes_keep_working(
     proxy = _start(upstream, volumes, tmp_path)
     try:
         volumes[0].write({"config.yaml": "routes:\n  - name: BROKEN\n    tiemout: 1\n"})
-        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
-        failure = _events(proxy, "config_reload_failed")[0]
+        assert _wait_for(lambda: bool(proxy.events("config_reload_failed")), timeout=3)
+        failure = proxy.events("config_reload_failed")[0]
         problems = " ".join(failure["problems"])
         assert "routes[0].name" in problems
         assert "routes[0].tiemout: unknown key" in problems
@@ -206,8 +200,8 @@ def test_rotated_secret_with_a_line_break_is_refused_and_the_old_one_kept(
     proxy = _start(upstream, volumes, tmp_path)
     try:
         volumes[1].write({"token": "token-Zt5\nsecond-line\n"})
-        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
-        problems = " ".join(_events(proxy, "config_reload_failed")[0]["problems"])
+        assert _wait_for(lambda: bool(proxy.events("config_reload_failed")), timeout=3)
+        problems = " ".join(proxy.events("config_reload_failed")[0]["problems"])
         assert "routes[0].signer.token: a control character (U+000A)" in problems
         assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
         volumes[1].write({"token": "token-two\n"})
@@ -240,13 +234,13 @@ def test_fixing_a_file_a_refused_config_names_applies_it(
             }
         )
         volumes[0].write({"config.yaml": yaml.safe_dump(config)})
-        assert _wait_for(lambda: bool(_events(proxy, "config_reload_failed")), timeout=3)
+        assert _wait_for(lambda: bool(proxy.events("config_reload_failed")), timeout=3)
         assert requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 403
         trustme.CA().cert_pem.write_to_path(str(ca_file))
         assert _wait_for(
             lambda: requests.get(f"{proxy.url}/b/x", timeout=5).status_code == 200, timeout=3
         ), proxy.logs()
-        assert len(_events(proxy, "config_reload_failed")) == 1
+        assert len(proxy.events("config_reload_failed")) == 1
     finally:
         assert proxy.stop() == 0
 
@@ -281,7 +275,7 @@ def test_sighup_reloads_and_in_flight_request_finishes_on_its_config(
             assert proxy.process is not None
             proxy.process.send_signal(signal.SIGHUP)
             assert _wait_for(
-                lambda: any(e["reason"] == "SIGHUP" for e in _events(proxy, "config_reloaded")),
+                lambda: any(e["reason"] == "SIGHUP" for e in proxy.events("config_reloaded")),
                 timeout=3,
             )
             fresh = requests.post(f"{proxy.url}/a/x", data=b"{}", timeout=5)
@@ -308,8 +302,8 @@ def test_listen_change_says_restart_needed(
     try:
         secret = volumes[1].root / "token"
         volumes[0].write({"config.yaml": _config(upstream, secret, listen="127.0.0.1:1")})
-        assert _wait_for(lambda: bool(_events(proxy, "config_restart_needed")), timeout=3)
-        assert _events(proxy, "config_restart_needed")[0]["key"] == "listen"
+        assert _wait_for(lambda: bool(proxy.events("config_restart_needed")), timeout=3)
+        assert proxy.events("config_restart_needed")[0]["key"] == "listen"
         assert requests.get(f"{proxy.url}/a/x", timeout=5).status_code == 200
     finally:
         assert proxy.stop() == 0
@@ -354,7 +348,7 @@ def test_drain_on_sigterm(
     assert response.status_code == 200
     assert code == 0
     assert time.monotonic() - started < 20  # well inside --shutdown-timeout
-    assert _events(proxy, "draining")[0]["drain_delay"] == 1.0
+    assert proxy.events("draining")[0]["drain_delay"] == 1.0
     proxy._log.close()
 
 
@@ -396,7 +390,7 @@ def test_unusable_ca_file_is_a_counted_failure_and_later_changes_still_apply(
         assert _auth(requests.get(f"{proxy.url}/a/x", timeout=5)) == "Bearer token-one"
 
         def failures() -> list[dict[str, Any]]:
-            return _events(proxy, "config_reload_failed")
+            return proxy.events("config_reload_failed")
 
         # By the file watcher: the CA bundle is replaced by something readable but not PEM.
         secret_volume.write({"token": "token-one\n", "ca.pem": "not a certificate\n"})

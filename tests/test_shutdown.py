@@ -8,7 +8,6 @@ of margin by design), not speed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
 import threading
@@ -72,10 +71,6 @@ def slow_upstream() -> Iterator[tuple[Upstream, SlowUpstream]]:
             slow.release.set()  # lets the upstream's own shutdown finish
 
 
-def _events(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-
-
 def _sigterm_with_request_in_flight(proxy: ProxyProcess, slow: SlowUpstream) -> float:
     """Send a request that outlives the timeout, SIGTERM once it reached the upstream; the
     seconds from the signal to the process's exit."""
@@ -105,7 +100,7 @@ def test_sigterm_exits_within_drain_plus_timeout_and_the_cut_request_says_shutdo
     # Before: drain + 2 x timeout (aiohttp's runner waited twice).
     assert elapsed <= DRAIN + TIMEOUT + STOP_MARGIN_SECONDS, elapsed
     assert elapsed >= DRAIN + TIMEOUT - 0.1, "the request was not given its time"
-    events = _events(proxy)
+    events = proxy.events()
     cut = [e for e in events if e.get("event") == "request" and e["path"] == "/slow"]
     assert [e["error"] for e in cut] == ["shutdown"]  # not client_closed: the client did not go
     assert [e["status"] for e in cut] == [503]  # counted as ours, not as the client's 499
@@ -129,7 +124,7 @@ def test_workers_keep_the_same_bound(
         time.sleep(0.1)
     elapsed = _sigterm_with_request_in_flight(proxy, slow)
     assert elapsed <= DRAIN + TIMEOUT + STOP_MARGIN_SECONDS, elapsed
-    events = _events(proxy)
+    events = proxy.events()
     assert [e["error"] for e in events if e.get("path") == "/slow"] == ["shutdown"]
     assert not any(e.get("event") == "worker_stop_timeout" for e in events)
     assert events[-1]["event"] == "stopped"
@@ -177,7 +172,7 @@ def test_a_thread_stuck_in_a_credential_fetch_does_not_hold_the_exit(tmp_path: P
             elapsed = time.monotonic() - started
     assert code == 0
     assert elapsed <= TIMEOUT + STOP_MARGIN_SECONDS, elapsed  # before: held for ~60 s
-    assert _events(proxy)[-1]["event"] == "stopped"
+    assert proxy.events()[-1]["event"] == "stopped"
 
 
 async def test_cut_requests_are_counted_under_shutdown(

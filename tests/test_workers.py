@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -95,8 +94,7 @@ def test_two_workers_share_the_port_and_one_admin(tmp_path: Path) -> None:
                 not Path(f"/proc/{pid}").exists()
                 or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
             )
-        events = [json.loads(line) for line in proxy.logs().splitlines() if line.startswith("{")]
-        names = [event["event"] for event in events]
+        names = [event["event"] for event in proxy.events()]
         assert "worker_died" in names
         assert "worker_restarted" in names
         assert names.count("stopped") >= 3  # two workers and the supervisor

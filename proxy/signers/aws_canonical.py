@@ -88,7 +88,6 @@ NEVER_SIGNED_PREFIXES: Final = ("proxy-", "x-b3-", "uberctx-")
 
 _PATH_NOT_ALLOWED: Final = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]+")
 _HEADER_WHITESPACE: Final = re.compile(r"[ \t]+")
-_DEFAULT_PORTS: Final = {"https": "443", "http": "80"}
 
 QueryPair = tuple[bytes, bytes | None]
 """A decoded query parameter; the value is None when the parameter had no `=`."""
@@ -325,11 +324,3 @@ def authorization(access_key_id: str, scope: str, signed: str, sig: str) -> str:
 
 def amz_date(now_seconds: int) -> str:
     return time.strftime(AMZ_DATE_FORMAT, time.gmtime(now_seconds))
-
-
-def host_to_sign(scheme: str, host: str) -> str:
-    """The dialled `host[:port]` without the scheme's default port (what clients send as Host)."""
-    default = _DEFAULT_PORTS.get(scheme.lower())
-    if default and host.endswith(f":{default}"):
-        return host[: -len(default) - 1]
-    return host

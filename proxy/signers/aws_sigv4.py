@@ -34,7 +34,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from proxy.http import is_field_name
+from proxy.http import host_to_sign, is_field_name
 from proxy.secrets import HeaderSecretValue, Secret, SecretValue
 from proxy.signers import aws_credentials
 from proxy.signers.aws_canonical import (
@@ -63,7 +63,6 @@ from proxy.signers.aws_canonical import (
     canonical_request,
     canonical_uri,
     credential_scope,
-    host_to_sign,
     is_never_signed,
     parse_query,
     payload_hash,

@@ -158,6 +158,15 @@ class UpstreamRequest:
             f" query={len(self.query)} chars, headers=[{names}], body={body})"
         )
 
+    def body_hash(self, new_digest: Callable[[], BodyDigest]) -> BodyDigest:
+        """A digest fed with the whole body: a copy of `body_digest` when a large body was hashed
+        as it arrived (so `new_digest` must make the same kind), else `new_digest()` over `body`."""
+        if self.body_digest is not None:
+            return self.body_digest.copy()
+        digest = new_digest()
+        digest.update(self.body or b"")
+        return digest
+
     def replace(self, **changes: Any) -> UpstreamRequest:
         return dataclasses.replace(self, **changes)
 

@@ -123,9 +123,13 @@ class CavageConfig(SignerConfig):
 
     @field_validator("headers", "body_headers")
     @classmethod
-    def _valid_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    def _valid_names(
+        cls, names: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
         if names is None:
             return None
+        if not names and info.field_name == "headers":  # else it would sign nothing on a GET
+            raise ValueError("headers must name at least one header (omit it for the profile's)")
         lowered = tuple(name.strip().lower() for name in names)
         for name in lowered:
             if name != REQUEST_TARGET and not is_field_name(name):
@@ -150,17 +154,19 @@ class CavageSigner(Signer[CavageConfig]):
         )
         self._key_id: Final = config.key_id.reveal()
         self._algorithm: Final = config.algorithm
-        self._header: Final = config.header or profile.header
         self._version: Final = config.profile == "oci"  # OCI's documented version="1"
-        self._headers: Final = config.headers or profile.headers
-        self._body_headers: Final = (
+        header = config.header or profile.header
+        self._auth_header: Final = "Authorization" if header == "authorization" else "Signature"
+        headers = config.headers if config.headers is not None else profile.headers
+        body_headers = (
             config.body_headers if config.body_headers is not None else profile.body_headers
         )
+        # Decided once per config load: the names signed without a body and with one.
+        self._headers: Final = headers
+        self._with_body: Final = headers + tuple(h for h in body_headers if h not in headers)
 
     def _signed(self, method: str) -> tuple[str, ...]:
-        if method.upper() in _BODY_METHODS:
-            return self._headers + tuple(h for h in self._body_headers if h not in self._headers)
-        return self._headers
+        return self._with_body if method.upper() in _BODY_METHODS else self._headers
 
     def needs_body(self, method: str) -> bool:
         return not _COMPUTED_BODY_HEADERS.isdisjoint(self._signed(method))
@@ -174,12 +180,12 @@ class CavageSigner(Signer[CavageConfig]):
         if "date" in signed_names and not _is_current(request.headers.get("Date"), ctx):
             added.append(("Date", formatdate(ctx.now_seconds, usegmt=True)))
         if not _COMPUTED_BODY_HEADERS.isdisjoint(signed_names):
-            body_hash = base64.b64encode(self._body_sha256(request)).decode()
+            body_hash = base64.b64encode(request.body_hash(hashlib.sha256).digest()).decode()
             if "x-content-sha256" in signed_names:
                 added.append(("x-content-sha256", body_hash))
             if "digest" in signed_names:
                 added.append(("Digest", f"SHA-256={body_hash}"))
-        auth_header = "Authorization" if self._header == "authorization" else "Signature"
+        auth_header = self._auth_header
         prepared = request.with_headers(added, remove=[auth_header])
         lines = [f"{name}: {self._value(name, prepared)}" for name in signed_names]
         signing_string = "\n".join(lines)
@@ -193,7 +199,7 @@ class CavageSigner(Signer[CavageConfig]):
         if self._version:
             params.insert(0, 'version="1"')
         value = ",".join(params)
-        if self._header == "authorization":
+        if auth_header == "Authorization":
             value = f"Signature {value}"
         return SignResult(
             request=prepared.with_headers(((auth_header, value),)),
@@ -209,12 +215,6 @@ class CavageSigner(Signer[CavageConfig]):
         if values is None:
             raise MissingComponent(f"the request has no {name} header, which this route signs")
         return ", ".join(value.strip() for value in values)
-
-    @staticmethod
-    def _body_sha256(request: UpstreamRequest) -> bytes:
-        if request.body_digest is not None:  # a large body, hashed as it arrived
-            return request.body_digest.copy().digest()
-        return hashlib.sha256(request.body or b"").digest()
 
     def __repr__(self) -> str:
         return f"CavageSigner({self._algorithm}, headers={self._headers}, key={_MASK})"

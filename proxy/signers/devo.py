@@ -71,11 +71,7 @@ class DevoSigner(Signer[DevoConfig]):
     def sign(self, request: UpstreamRequest, ctx: SigningContext) -> SignResult:
         body = request.body or b""  # absent and empty both contribute nothing
         timestamp = str(ctx.now_ms)
-        if request.body_digest is not None:  # a large body, hashed as it arrived
-            mac = request.body_digest.copy()
-        else:
-            mac = self._mac.copy()
-            mac.update(body)
+        mac = request.body_hash(self._mac.copy)
         mac.update(timestamp.encode())
         signed = request.with_headers(
             (

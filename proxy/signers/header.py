@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from proxy.http import MANAGED_HEADERS, is_field_name
+from proxy.http import check_settable_header
 from proxy.secrets import HeaderSecretValue
 from proxy.signers.base import Signer, SignerConfig, SigningContext, SignResult, UpstreamRequest
 
@@ -19,10 +19,7 @@ class HeaderConfig(SignerConfig):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        if not is_field_name(name):
-            raise ValueError(f"{name!r} is not a valid HTTP header name")
-        if name.lower() in MANAGED_HEADERS:
-            raise ValueError(f"the proxy manages the {name} header itself")
+        check_settable_header(name)
         return name
 
 

@@ -230,12 +230,7 @@ class HttpMessageSignaturesSigner(Signer[HttpMessageSignaturesConfig]):
 
     def _content_digest(self, request: UpstreamRequest) -> str:
         assert self._digest is not None
-        if request.body_digest is not None:  # a large body, hashed as it arrived
-            digest = request.body_digest.copy().digest()
-        else:
-            hasher = _DIGESTS[self._digest]()
-            hasher.update(request.body or b"")
-            digest = hasher.digest()
+        digest = request.body_hash(_DIGESTS[self._digest]).digest()
         return http_sf.ser({self._digest: (digest, {})})
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from http_sf.item import ser_item
 from http_sf.types import ItemType, ParamsType
 from multidict import CIMultiDictProxy
 
+from proxy.http import host_to_sign, is_field_name
 from proxy.signers.base import SigningRefused, UpstreamRequest
 
 StructuredType = Literal["item", "list", "dictionary"]
@@ -41,7 +42,6 @@ DERIVED: Final = frozenset(
     }
 )
 _RESPONSE_ONLY: Final = frozenset({"@status"})
-_DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
 
 # Fields whose structured type is registered (IANA HTTP Field Name registry, "Structured Type"
 # column, RFC 9651 and the RFCs that define them). Others need `structured_fields:` in the route.
@@ -165,7 +165,7 @@ def _check_derived(name: str, params: Mapping[str, str | bool]) -> None:
 def _check_field(
     name: str, params: Mapping[str, str | bool], structured: Mapping[str, StructuredType]
 ) -> None:
-    if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
+    if not is_field_name(name):
         raise ValueError(f"{name!r} is not an HTTP field name")
     if name in UNSIGNABLE_FIELDS:
         raise ValueError(
@@ -219,10 +219,8 @@ class RequestParts:
     @classmethod
     def of(cls, request: UpstreamRequest) -> RequestParts:
         scheme = request.scheme.lower()
-        authority = request.headers.get("Host", request.host).strip().lower()
-        host, sep, port = authority.rpartition(":")
-        if sep and not port.startswith("[") and _DEFAULT_PORTS.get(scheme) == port:
-            authority = host  # RFC 9421 2.2.3: the default port is left out
+        # RFC 9421 2.2.3: lower case, the default port left out.
+        authority = host_to_sign(scheme, request.headers.get("Host", request.host).strip().lower())
         return cls(
             method=request.method,
             scheme=scheme,

@@ -141,11 +141,15 @@ def hmac_secret(secret: str, encoding: KeyEncoding) -> bytes:
 
 
 def load_signing_key(
-    algorithm: Algorithm, secret: str, *, key_encoding: KeyEncoding = "raw", min_rsa_bits: int = 0
+    algorithm: Algorithm,
+    secret: str,
+    *,
+    key_encoding: KeyEncoding = "raw",
+    min_rsa_bits: int = MIN_RSA_BITS,
 ) -> SigningKey:
     """Load `secret` for `algorithm`, or raise ValueError saying what is wrong (never the key).
 
-    `min_rsa_bits` defaults to `MIN_RSA_BITS` for RFC 9421; draft-cavage profiles pass their own.
+    `min_rsa_bits` is RFC 9421's `MIN_RSA_BITS` unless given (draft-cavage passes its own).
     """
     if algorithm == "hmac-sha256":
         return SigningKey(algorithm, _Hmac(hmac_secret(secret, key_encoding)))
@@ -160,21 +164,18 @@ def load_signing_key(
         curve, hash_, size = _CURVES[algorithm]
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise _mismatch(key, algorithm, "an EC")
-        ec_key = key
-        if not isinstance(ec_key.curve, curve):
+        if not isinstance(key.curve, curve):
             raise ValueError(
-                f"{algorithm} needs a key on {curve.name}; this EC key is on {ec_key.curve.name}"
+                f"{algorithm} needs a key on {curve.name}; this EC key is on {key.curve.name}"
             )
-        return SigningKey(algorithm, _Ecdsa(ec_key, hash_, size))
+        return SigningKey(algorithm, _Ecdsa(key, hash_, size))
     if not isinstance(key, rsa.RSAPrivateKey):
         raise _mismatch(key, algorithm, "an RSA")
-    rsa_key = key
-    least = min_rsa_bits or MIN_RSA_BITS
-    if rsa_key.key_size < least:
-        raise ValueError(f"the RSA key has {rsa_key.key_size} bits; {algorithm} needs {least}+")
+    if key.key_size < min_rsa_bits:
+        raise ValueError(f"the RSA key has {key.key_size} bits; {algorithm} needs {min_rsa_bits}+")
     if algorithm == "rsa-pss-sha512":
-        return SigningKey(algorithm, _RsaPss(rsa_key))
-    return SigningKey(algorithm, _RsaV15(rsa_key))
+        return SigningKey(algorithm, _RsaPss(key))
+    return SigningKey(algorithm, _RsaV15(key))
 
 
 def _load_pem(secret: str) -> object:

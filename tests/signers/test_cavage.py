@@ -190,6 +190,7 @@ def test_missing_header_is_refused() -> None:
         ({"headers": ["date", "Date"]}, "listed twice"),
         ({"headers": ["transfer-encoding"]}, "cannot be signed"),
         ({"headers": ["bad name"]}, "not a header name"),
+        ({"headers": []}, "at least one header"),
         ({"key_encoding": "base64"}, "hmac-sha256 only"),
     ],
 )

@@ -495,6 +495,7 @@ SIGN = {"algorithm": "hmac-sha256", "message": "{method}"}
         ({"sign": {**SIGN, "message": "a}b"}}, "sign.message", "lone '}'"),
         ({"sign": {**SIGN, "message": "{method"}}, "sign.message", "unclosed"),
         ({"sign": {**SIGN, "message": "{key_id}"}}, "sign.message", "no key_id"),
+        ({"sign": {**SIGN, "key": "a-key-in-clear"}}, "sign.key", "must use {secret}"),
         ({"vars": {"path": {"now": "epoch_s"}}, "sign": SIGN}, "vars.path", "built-in name"),
         ({"vars": {"body": {"template": "x"}}, "sign": SIGN}, "vars.body", "may not shadow"),
         ({"vars": {"a-b": {"now": "epoch_s"}}, "sign": SIGN}, "vars.a-b", "var name"),

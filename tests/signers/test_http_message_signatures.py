@@ -572,6 +572,7 @@ def test_base64_key_encoding() -> None:
         ({"label": "Sig 1"}, "structured-field key"),
         ({"label": "a, b"}, "structured-field key"),
         ({"structured_fields": {"bad name": "item"}}, "not an HTTP field name"),
+        ({"components": ['"bad name"']}, "not an HTTP field name"),
         ({"tag": "tab\there"}, "printable ASCII"),
         ({"expires": 0}, "greater than or equal to 1"),
         ({"components": ["example-dict;sf"]}, "structured_fields"),
@@ -581,6 +582,13 @@ def test_base64_key_encoding() -> None:
 def test_config_errors(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_signer(**overrides)
+
+
+def test_any_token_is_a_field_name_as_in_structured_fields() -> None:
+    # RFC 9110 5.1: a field name is a token, dots included; the same rule as structured_fields.
+    signer = make_signer(components=["x.trace"], structured_fields={"x.trace": "item"})
+    result = signer.sign(request_for("https://e.com/", "GET", [("X.Trace", "1")]), CTX)
+    assert '"x.trace": 1\n' in result.string_to_sign
 
 
 def test_declared_structured_field() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, cast
 
+from proxy.http import DEFAULT_PORTS, host_to_sign
 from proxy.signers.base import UpstreamRequest
 from proxy.signers.hmac.functions import FILTERS
 from proxy.signers.hmac.params import (
@@ -27,7 +28,6 @@ from proxy.signers.hmac.params import (
 from proxy.signers.hmac.template import Call, Ref, TemplateSyntaxError, Text, parse_template
 
 URLENCODED: Final = "application/x-www-form-urlencoded"
-_DEFAULT_PORTS: Final = {"https": "443", "http": "80"}
 
 
 class TemplateError(ValueError):
@@ -72,13 +72,11 @@ def is_form(request: UpstreamRequest) -> bool:
 
 def _port(request: UpstreamRequest) -> str:
     rest = request.host[len(request.hostname) :]
-    return rest[1:] if rest.startswith(":") else _DEFAULT_PORTS.get(request.scheme, "")
+    return rest[1:] if rest.startswith(":") else DEFAULT_PORTS.get(request.scheme, "")
 
 
 def _authority(request: UpstreamRequest) -> str:
-    port = _port(request)
-    default = _DEFAULT_PORTS.get(request.scheme)
-    return request.hostname if port == default else f"{request.hostname}:{port}"
+    return host_to_sign(request.scheme, request.host)
 
 
 def _target(request: UpstreamRequest) -> str:

@@ -140,6 +140,10 @@ def build_plan(config: HmacSpec) -> Plan:
     )
     secret = config.secret.reveal().encode()
     key = _compile(config.sign.key, scope("sign.key", every, {}, secret=secret), ("sign", "key"))
+    if not any(isinstance(p, Ref) and p.name == "secret" for p in parse_template(config.sign.key)):
+        # A key written out in the template would be config text: shown by repr, `check` and
+        # `sign --explain`, never masked. Only `secret` is handled as a secret.
+        raise PlanError(("sign", "key"), "sign.key must use {secret}: the key is the secret")
     message = _compile(config.sign.message, scope("sign.message", every, {}), ("sign", "message"))
     after = _placements(
         config.after_sign, "after_sign", scope("after_sign", every, {}, signature=True), raw_vars

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from proxy.http import MANAGED_HEADERS, is_field_name
+from proxy.http import check_settable_header
 from proxy.secrets import Secret
 from proxy.signers.hmac.functions import Algorithm, DigestName, Encoding, NowFormat, RandomKind
 
@@ -85,15 +85,8 @@ class Placements(_Model):
     @classmethod
     def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            check_header_name(name)
+            check_settable_header(name)
         return value
-
-
-def check_header_name(name: str) -> None:
-    if not is_field_name(name):
-        raise ValueError(f"{name!r} is not a valid header name")
-    if name.lower() in MANAGED_HEADERS:
-        raise ValueError(f"{name} is managed by the proxy and cannot be set by a scheme")
 
 
 class SignSpec(_Model):
