@@ -22,7 +22,10 @@ Server hardening (`_PRIVATE_HOOKS`, `check_private_hooks()`, also run by `Harden
   - its own error pages (a request the parser refused, an exception that escaped a handler):
     the proxy's JSON error, without the `Server` banner and without quoting the refused bytes;
   - the pure-Python parser (`AIOHTTP_NO_EXTENSIONS=1`, or no wheel) held to llhttp's method
-    rule: a method llhttp does not know, or in lower case, is refused (it would upper-case it).
+    rule: a method llhttp does not know, or in lower case, is refused (it would upper-case it);
+  - a body llhttp refuses once it has started (a malformed chunk) fails that request's body
+    reader at once, as the pure-Python parser does: aiohttp queues the refusal as a message of
+    its own (`web_protocol._ErrInfo`), never seen by the handler reading the body.
 
 CONNECT tunnels (`_TUNNEL_CLASS_HOOKS`, `_TUNNEL_INSTANCE_HOOKS`, `check_tunnel_hooks()`, run
 by `require_hooks()`; used by proxy.tunnel). After the proxy answers a CONNECT with 200, the
@@ -58,7 +61,7 @@ from importlib import metadata
 from typing import Any, Final, Literal
 
 import aiohttp
-from aiohttp import web, web_protocol
+from aiohttp import StreamReader, web, web_protocol
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadHttpMethod,
@@ -204,6 +207,8 @@ def missing_server_parts() -> list[str]:
         for owner, name in _PRIVATE_HOOKS
         if not hasattr(owner, name)
     ]
+    if not isinstance(getattr(web_protocol, "_ErrInfo", None), type):
+        missing.append("aiohttp.web_protocol._ErrInfo")
     parser = HttpRequestParserPy()  # instance attributes: set by __init__
     missing += [
         f"HttpRequestParserPy().{name}" for name in ("_lines", "_tail") if not hasattr(parser, name)
@@ -319,6 +324,7 @@ class HardenedRequestHandler(web_protocol.RequestHandler):
         self._header_timeout = header_timeout
         self._on_header_timeout = on_header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._open_body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -333,9 +339,41 @@ class HardenedRequestHandler(web_protocol.RequestHandler):
         # are the start (or more) of one, and the head must be complete in time.
         if self._waiter is not None:
             self._arm_header_timer()
+        queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) > queued:
+            self._watch_bodies(queued)
         if self._messages:  # a whole head was parsed (or refused): the timer is done
             self._disarm_header_timer()
+
+    def _watch_bodies(self, first: int) -> None:
+        """Keep the body of the latest request, and fail it when the parser refuses what
+        follows while it is open. llhttp reports an error in a body (a malformed chunk) as a
+        new refused message queued after the request: the handler reading the body would wait
+        for more until `timeout.client_body`, holding its upstream connection. The pure-Python
+        parser fails the body itself (`RequestPayloadError`, caused by the parser's error)."""
+        for index in range(first, len(self._messages)):
+            message, payload = self._messages[index]
+            if not isinstance(message, web_protocol._ErrInfo):
+                self._open_body = payload
+                continue
+            body, self._open_body = self._open_body, None
+            if body is None or body.is_eof() or body.exception() is not None:
+                continue
+            # The parser's reason only: its message can quote the body's bytes.
+            cause = message.exc
+            reason = (
+                parser_refusal_reason(cause)
+                if isinstance(cause, HttpProcessingError)
+                else type(cause).__name__
+            )
+            error = web.RequestPayloadError(reason)
+            error.__cause__ = cause
+            body.set_exception(error)
+            # The body's reader answers the request; the connection ends after that answer.
+            del self._messages[index]
+            self.close()
+            return
 
     def _arm_header_timer(self) -> None:
         if self._header_timeout is None or self._header_timer is not None:
