@@ -474,3 +474,48 @@ async def test_an_unexpected_error_while_reloading_is_a_counted_failure(
     monkeypatch.undo()
     assert await proxy.reload("test") is True  # the next good reload applies
     assert registry.get_sample_value(sample, {"result": "success"}) == 1.0
+
+
+async def test_a_signer_failing_to_start_on_reload_keeps_the_config_and_closes_the_new_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy import server as server_module
+    from proxy.config import load_config
+    from proxy.signers.base import Signer
+
+    def routes(token: str) -> str:
+        return (
+            "routes: ["
+            + ", ".join(
+                f"{{name: {name}, match: {{path_prefix: /{name}}}, upstream: 'http://127.0.0.1:1', "
+                f"signer: {{scheme: bearer, token: {token}}}}}"
+                for name in ("a", "b")
+            )
+            + "]"
+        )
+
+    path = tmp_path / "c.yaml"
+    path.write_text(routes("t1"))
+    proxy = server_module.ProxyServer(load_config(path), config_path=path)
+    before = proxy.handler.runtime
+    started: list[int] = []
+    closed: list[int] = []
+
+    async def start(signer: Signer[Any]) -> None:
+        if started:
+            raise RuntimeError("the second signer fails")
+        started.append(id(signer))
+
+    async def close(signer: Signer[Any]) -> None:
+        closed.append(id(signer))
+
+    monkeypatch.setattr(Signer, "start", start)
+    monkeypatch.setattr(Signer, "close", close)
+    path.write_text(routes("t2"))  # both routes change: two new signers to start
+    assert await proxy.reload("test") is False
+    assert proxy.handler.runtime is before  # the running config stays
+    assert len(started) == 1
+    assert set(started) <= set(closed)  # what the refused config started is stopped
+    assert not {id(route.signer) for route in before.table.routes} & set(closed)
+    logged = capsys.readouterr()
+    assert "unexpected RuntimeError while reloading" in logged.out + logged.err
