@@ -1,17 +1,19 @@
 """The one module that reaches into aiohttp's private parts, for what aiohttp has no switch for.
 
-Every private member used here is listed and checked: `require_hooks()` runs at start-up (`run`,
-`check`, `demo` exit 1 naming the installed aiohttp when one is missing) and the tests in
-tests/test_aiohttp_internals.py and tests/test_aiohttp_server_internals.py fail loudly, naming
-the part, when an aiohttp upgrade moves one.
+Every private member used here is listed, once, in `HOOKS` (what it is, and what uses it) and
+checked by `require_hooks()`: at start-up (`run`, `check`, `demo` exit 1 naming the installed
+aiohttp when one is missing), by `HardenedServer`, and by the tests in
+tests/test_aiohttp_internals.py, which fail loudly, naming the part, when an aiohttp upgrade
+moves one (tests/test_aiohttp_server_internals.py and test_aiohttp_tunnel_internals.py test
+what the parts do).
 
-Client and response hooks (`HOOKS`): a proxy must send what the app sent and relay what the
-upstream answered, and aiohttp has no public switch for two things it adds on its own: the
-client's automatic request headers (Accept, User-Agent, ...) and the server's
-`Server`/`Content-Type` response headers. A release of aiohttp that renamed one would not fail
-loudly: the proxy would add headers, or fail every request with a body.
+Client and response: a proxy must send what the app sent and relay what the upstream
+answered, and aiohttp has no public switch for two things it adds on its own: the client's
+automatic request headers (Accept, User-Agent, ...) and the server's `Server`/`Content-Type`
+response headers. A release of aiohttp that renamed one would not fail loudly: the proxy would
+add headers, or fail every request with a body.
 
-Server hardening (`_PRIVATE_HOOKS`, `check_private_hooks()`, also run by `HardenedServer`):
+Server hardening:
 
 - `HardenedServer`: a `web.Server` whose connections are `HardenedRequestHandler`s.
 - `HardenedRequestHandler` (aiohttp's `RequestHandler`, the protocol of one connection):
@@ -27,12 +29,10 @@ Server hardening (`_PRIVATE_HOOKS`, `check_private_hooks()`, also run by `Harden
     reader at once, as the pure-Python parser does: aiohttp queues the refusal as a message of
     its own (`web_protocol._ErrInfo`), never seen by the handler reading the body.
 
-CONNECT tunnels (`_TUNNEL_CLASS_HOOKS`, `_TUNNEL_INSTANCE_HOOKS`, `check_tunnel_hooks()`, run
-by `require_hooks()`; used by proxy.tunnel). After the proxy answers a CONNECT with 200, the
+CONNECT tunnels (used by proxy.tunnel). After the proxy answers a CONNECT with 200, the
 connection carries HTTP requests again (in clear for `CONNECT host:80`, inside TLS for an
 intercepted host). aiohttp has no public way to take a connection over from its request
 handler, so:
-
 - `connect_bytes_pending`: bytes the client sent after the CONNECT head, before the 200.
   aiohttp keeps them as the upgraded connection's tail (`RequestHandler._message_tail`); the
   pure-Python parser may put the first of them into the CONNECT's payload instead.
@@ -58,6 +58,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from types import ModuleType
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -77,39 +78,72 @@ from proxy.errors import error_response
 from proxy.logs import parser_refusal_reason
 
 HookKind = Literal[
-    "class attribute", "method", "coroutine method", "instance attribute", "keyword argument"
+    "class attribute",
+    "attribute",
+    "method",
+    "coroutine method",
+    "class",
+    "instance attribute",
+    "keyword argument",
 ]
+_ABSENT: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
 class Hook:
-    """One private member of aiohttp, and where the proxy uses it."""
+    """One private member of aiohttp, and where the proxy uses it.
 
-    owner: type
+    Kinds: a `class attribute` set on the class itself, an `attribute` of the class (a slot
+    every instance has), a `method` or `coroutine method` of an aiohttp class (one inherited
+    from asyncio's `Protocol` does not count), a `class` in a module, an `instance attribute`
+    that `owner()` sets, a `keyword argument` of `owner`."""
+
+    owner: type | ModuleType
     name: str
     kind: HookKind
     used_by: str
 
     @property
     def qualified_name(self) -> str:
+        if isinstance(self.owner, ModuleType):
+            return f"{self.owner.__name__}.{self.name}"
         return f"{self.owner.__module__}.{self.owner.__qualname__}.{self.name}"
 
     def present(self) -> bool:
-        if self.kind == "class attribute":
-            # Set on the class itself (aiohttp >= 3.11.8 reads it there); an older aiohttp
-            # only has the instance attribute `skip_auto_headers`, never read from the class.
-            return any(self.name in vars(cls) for cls in self.owner.__mro__)
+        owner = self.owner
+        if isinstance(owner, ModuleType):
+            return isinstance(getattr(owner, self.name, None), type)
         if self.kind == "instance attribute":
-            return hasattr(self.owner(), self.name)
+            return hasattr(owner(), self.name)
         if self.kind == "keyword argument":
-            return self.name in inspect.signature(self.owner).parameters
-        member = getattr(self.owner, self.name, None)
+            return self.name in inspect.signature(owner).parameters
+        # Set on an aiohttp class: aiohttp >= 3.11.8 reads `_skip_auto_headers` on the class,
+        # an older one only has the instance attribute `skip_auto_headers`.
+        member = next(
+            (vars(cls)[self.name] for cls in owner.__mro__ if _defines(cls, self.name)), _ABSENT
+        )
         if self.kind == "coroutine method":
             return inspect.iscoroutinefunction(member)
-        return callable(member)
+        if self.kind == "method":
+            return callable(member)
+        return member is not _ABSENT
 
+
+def _defines(cls: type, name: str) -> bool:
+    return cls.__module__.partition(".")[0] == "aiohttp" and name in vars(cls)
+
+
+# The connection's request parser: `_parser` since aiohttp 3.14, `_request_parser` before.
+_PARSER_ATTRIBUTE: Final = (
+    "_parser" if hasattr(web_protocol.RequestHandler, "_parser") else "_request_parser"
+)
+
+_HANDLER: Final = web_protocol.RequestHandler
+_HARDENED: Final = "HardenedRequestHandler"
+_TUNNEL: Final = "proxy.tunnel (a CONNECT's connection taken over by a new request handler)"
 
 HOOKS: Final = (
+    # -- the client's automatic request headers, the server's response headers
     Hook(
         aiohttp.ClientSession,
         "request_class",
@@ -140,6 +174,39 @@ HOOKS: Final = (
         "instance attribute",
         "proxy.responses.AsGivenStreamResponse (the headers about to be written)",
     ),
+    # -- server hardening
+    Hook(web.Server, "__call__", "method", f"HardenedServer, {_TUNNEL} (a new connection)"),
+    Hook(_HANDLER, "connection_made", "method", f"{_HARDENED} (header timer), {_TUNNEL}"),
+    Hook(_HANDLER, "data_received", "method", f"{_HARDENED} (header timer), {_TUNNEL}"),
+    Hook(_HANDLER, "connection_lost", "method", f"{_HARDENED} (header timer), {_TUNNEL}"),
+    Hook(_HANDLER, "handle_error", "method", f"{_HARDENED} (the proxy's error pages)"),
+    Hook(_HANDLER, "_waiter", "attribute", f"{_HARDENED} (waiting for a request head)"),
+    Hook(_HANDLER, "_messages", "attribute", f"{_HARDENED} (the parsed heads, refusals)"),
+    Hook(_HANDLER, _PARSER_ATTRIBUTE, "attribute", f"{_HARDENED} (its request parser)"),
+    Hook(web_protocol, "_ErrInfo", "class", f"{_HARDENED} (a refusal while a body is open)"),
+    Hook(
+        HttpRequestParserPy,
+        "parse_message",
+        "method",
+        "_StrictPythonRequestParser (llhttp's request-line rules)",
+    ),
+    Hook(
+        HttpRequestParserPy,
+        "feed_data",
+        "method",
+        "_StrictPythonRequestParser (a method refused from its first bytes)",
+    ),
+    Hook(HttpRequestParserPy, "_lines", "instance attribute", "_StrictPythonRequestParser"),
+    Hook(HttpRequestParserPy, "_tail", "instance attribute", "_StrictPythonRequestParser"),
+    # -- CONNECT tunnels
+    Hook(_HANDLER, "eof_received", "method", _TUNNEL),
+    Hook(_HANDLER, "pause_writing", "method", _TUNNEL),
+    Hook(_HANDLER, "resume_writing", "method", _TUNNEL),
+    Hook(_HANDLER, "force_close", "method", _TUNNEL),
+    Hook(_HANDLER, "close", "method", _TUNNEL),
+    Hook(_HANDLER, "_message_tail", "attribute", "connect_bytes_pending, end_connect_payload"),
+    Hook(_HANDLER, "_manager", "attribute", "server_of (the web.Server of a connection)"),
+    Hook(_HANDLER, "_keepalive_timeout", "attribute", "set_keepalive_timeout"),
 )
 
 
@@ -152,17 +219,16 @@ def missing_hooks() -> list[Hook]:
 
 
 def require_hooks() -> None:
-    """Raise `UnsupportedAiohttp`, naming the installed aiohttp and the range the proxy
-    supports, when any hook is missing."""
-    check_private_hooks()
-    check_tunnel_hooks()
+    """Raise `UnsupportedAiohttp`, naming the installed aiohttp, each missing part and the
+    range the proxy supports, when any hook is missing."""
     missing = missing_hooks()
     if not missing:
         return
     names = ", ".join(f"{hook.qualified_name} ({hook.used_by})" for hook in missing)
     raise UnsupportedAiohttp(
-        f"the installed aiohttp {aiohttp.__version__} lacks what the proxy relies on: {names}. "
-        f"Install a supported aiohttp ({supported_range()})."
+        f"the installed aiohttp {aiohttp.__version__} lacks what the proxy relies on "
+        f"(proxy/aiohttp_internals.py): {names}. Install a supported aiohttp "
+        f"({supported_range()})."
     )
 
 
@@ -179,54 +245,6 @@ def supported_range() -> str:
 
 
 DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0  # seconds idle between requests (nginx's default)
-
-# (owner, attribute) pairs this module relies on; an upgrade that drops one must fail here.
-# The connection's request parser: `_parser` since aiohttp 3.14, `_request_parser` before.
-_PARSER_ATTRIBUTE: Final = (
-    "_parser" if hasattr(web_protocol.RequestHandler, "_parser") else "_request_parser"
-)
-
-_PRIVATE_HOOKS: Final = (
-    (web_protocol.RequestHandler, "data_received"),
-    (web_protocol.RequestHandler, "connection_made"),
-    (web_protocol.RequestHandler, "connection_lost"),
-    (web_protocol.RequestHandler, "handle_error"),
-    (web_protocol.RequestHandler, "_waiter"),
-    (web_protocol.RequestHandler, "_messages"),
-    (web_protocol.RequestHandler, _PARSER_ATTRIBUTE),
-    (HttpRequestParserPy, "parse_message"),
-    (HttpRequestParserPy, "feed_data"),
-    (web.Server, "__call__"),
-)
-
-
-def missing_server_parts() -> list[str]:
-    """The private server parts this module relies on that the installed aiohttp lacks."""
-    missing = [
-        f"{owner.__module__}.{owner.__qualname__}.{name}"
-        for owner, name in _PRIVATE_HOOKS
-        if not hasattr(owner, name)
-    ]
-    if not isinstance(getattr(web_protocol, "_ErrInfo", None), type):
-        missing.append("aiohttp.web_protocol._ErrInfo")
-    parser = HttpRequestParserPy()  # instance attributes: set by __init__
-    missing += [
-        f"HttpRequestParserPy().{name}" for name in ("_lines", "_tail") if not hasattr(parser, name)
-    ]
-    return missing
-
-
-def check_private_hooks() -> None:
-    """Raise `UnsupportedAiohttp` naming any private server part this module relies on that
-    is gone."""
-    missing = missing_server_parts()
-    if missing:
-        raise UnsupportedAiohttp(
-            f"the installed aiohttp {aiohttp.__version__} lacks private parts signing-proxy "
-            f"relies on (proxy/aiohttp_internals.py): {', '.join(missing)}. "
-            f"Install a supported aiohttp ({supported_range()})."
-        )
-
 
 _REQUEST_LINE: Final = re.compile(rb"([^ ]+) +([^ ]+) +([^ ]+)")
 _VERSIONS: Final = frozenset({b"HTTP/0.9", b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0"})  # llhttp's
@@ -426,7 +444,7 @@ class HardenedServer(web.Server):
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        check_private_hooks()
+        require_hooks()
         super().__init__(handler, keepalive_timeout=keepalive_timeout, **kwargs)
 
     def __call__(self) -> web_protocol.RequestHandler:
@@ -436,56 +454,6 @@ class HardenedServer(web.Server):
 
 
 # -- CONNECT tunnels (proxy.tunnel) --------------------------------------------------------------
-
-# (owner, attribute) pairs; instance attributes are checked on a handler made by a server.
-_TUNNEL_CLASS_HOOKS: Final = (
-    (web.Server, "__call__"),
-    (web_protocol.RequestHandler, "connection_made"),
-    (web_protocol.RequestHandler, "data_received"),
-    (web_protocol.RequestHandler, "eof_received"),
-    (web_protocol.RequestHandler, "connection_lost"),
-    (web_protocol.RequestHandler, "pause_writing"),
-    (web_protocol.RequestHandler, "resume_writing"),
-    (web_protocol.RequestHandler, "force_close"),
-    (web_protocol.RequestHandler, "close"),
-)
-_TUNNEL_INSTANCE_HOOKS: Final = ("_message_tail", "_manager", "_keepalive_timeout")
-
-
-def missing_tunnel_hooks() -> list[str]:
-    missing = [
-        f"{owner.__module__}.{owner.__qualname__}.{name}"
-        for owner, name in _TUNNEL_CLASS_HOOKS
-        if not hasattr(owner, name)
-    ]
-    loop = asyncio.new_event_loop()
-    try:
-
-        async def noop(request: web.BaseRequest) -> web.StreamResponse:
-            return web.Response()
-
-        handler = web.Server(noop, loop=loop)()
-        missing += [
-            f"aiohttp.web_protocol.RequestHandler().{name}"
-            for name in _TUNNEL_INSTANCE_HOOKS
-            if not hasattr(handler, name)
-        ]
-        if getattr(handler, "_manager", None) is None:
-            missing.append("aiohttp.web_protocol.RequestHandler()._manager (the web.Server)")
-    finally:
-        loop.close()
-    return missing
-
-
-def check_tunnel_hooks() -> None:
-    """Raise `UnsupportedAiohttp`, naming each missing part, when CONNECT tunnels cannot work
-    with the installed aiohttp."""
-    missing = missing_tunnel_hooks()
-    if missing:
-        raise UnsupportedAiohttp(
-            f"the installed aiohttp {aiohttp.__version__} lacks private parts the CONNECT "
-            f"tunnels rely on (proxy/aiohttp_internals.py): {', '.join(missing)}"
-        )
 
 
 def connect_bytes_pending(request: web.BaseRequest) -> bool:

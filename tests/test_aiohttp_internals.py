@@ -6,10 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from proxy.aiohttp_internals import (
     HOOKS,
@@ -31,13 +32,25 @@ def test_every_hook_is_present_in_the_installed_aiohttp() -> None:
 def test_a_missing_hook_is_named_with_the_aiohttp_version(
     hook: Hook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    owner = hook.owner
     if hook.kind == "instance attribute":
         # Removed the way a release that renamed it would: instances no longer get it.
-        monkeypatch.setattr(hook.owner, "__init__", lambda self: None)
+        assert isinstance(owner, type)
+        init = owner.__init__
+
+        def without(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            delattr(self, hook.name)
+
+        monkeypatch.setattr(owner, "__init__", without)
     elif hook.kind == "keyword argument":
-        monkeypatch.setattr(hook.owner, "__init__", lambda self, other=None: None)
+        monkeypatch.setattr(owner, "__init__", lambda self, other=None: None)
+    elif isinstance(owner, type):  # from each aiohttp class that defines it
+        for cls in owner.__mro__:
+            if cls.__module__.startswith("aiohttp.") and hook.name in vars(cls):
+                monkeypatch.delattr(cls, hook.name)
     else:
-        monkeypatch.delattr(hook.owner, hook.name)
+        monkeypatch.delattr(owner, hook.name)
     assert missing_hooks() == [hook]
     with pytest.raises(UnsupportedAiohttp) as caught:
         require_hooks()
@@ -45,6 +58,16 @@ def test_a_missing_hook_is_named_with_the_aiohttp_version(
     assert f"aiohttp {aiohttp.__version__}" in message
     assert hook.qualified_name in message
     assert "aiohttp<4,>=" in message  # the supported range, from the package's metadata
+
+
+def test_a_method_inherited_from_asyncio_does_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`RequestHandler.eof_received` is aiohttp's; asyncio's `Protocol` has one that does
+    nothing, which a release dropping aiohttp's would leave in place."""
+    monkeypatch.delattr(web_protocol.RequestHandler, "eof_received")
+    assert hasattr(web_protocol.RequestHandler, "eof_received")  # asyncio's
+    assert [hook.qualified_name for hook in missing_hooks()] == [
+        "aiohttp.web_protocol.RequestHandler.eof_received"
+    ]
 
 
 def test_an_aiohttp_before_3_11_8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,7 +83,7 @@ def test_an_aiohttp_before_3_11_8_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 
 _RUN_WITHOUT_HOOK = """
 import sys
-from aiohttp import web
+from aiohttp import web, web_protocol
 del web.StreamResponse._prepare_headers
 from proxy.cli import main
 

@@ -16,20 +16,24 @@ from proxy import aiohttp_internals
 from proxy.aiohttp_internals import (
     HardenedRequestHandler,
     HardenedServer,
+    Hook,
+    UnsupportedAiohttp,
     _StrictPythonRequestParser,
-    check_private_hooks,
+    require_hooks,
 )
 
 
 def test_every_private_hook_exists_in_this_aiohttp() -> None:
-    check_private_hooks()
+    require_hooks()
 
 
 def test_a_missing_hook_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    hooks = (*aiohttp_internals._PRIVATE_HOOKS, (web.Server, "_gone_in_a_future_aiohttp"))
-    monkeypatch.setattr(aiohttp_internals, "_PRIVATE_HOOKS", hooks)
+    gone = Hook(web.Server, "_gone_in_a_future_aiohttp", "attribute", "a test")
+    monkeypatch.setattr(aiohttp_internals, "HOOKS", (*aiohttp_internals.HOOKS, gone))
     with pytest.raises(RuntimeError, match=r"web_server\.Server\._gone_in_a_future_aiohttp"):
-        check_private_hooks()
+        require_hooks()
+    with pytest.raises(UnsupportedAiohttp, match=r"_gone_in_a_future_aiohttp"):
+        HardenedServer(_handler)  # refuses to build on such an aiohttp
 
 
 async def _handler(_: web.BaseRequest) -> web.StreamResponse:

@@ -12,10 +12,10 @@ from aiohttp import web, web_protocol
 from proxy import aiohttp_internals
 from proxy.aiohttp_internals import (
     UnsupportedAiohttp,
-    check_tunnel_hooks,
     connect_bytes_pending,
     end_connect_payload,
-    missing_tunnel_hooks,
+    missing_hooks,
+    require_hooks,
     server_of,
     set_keepalive_timeout,
 )
@@ -24,14 +24,14 @@ pytestmark = pytest.mark.smoke  # also run on the lowest dependency versions (.c
 
 
 def test_every_private_part_is_present() -> None:
-    assert missing_tunnel_hooks() == []
-    check_tunnel_hooks()
+    assert missing_hooks() == []
+    require_hooks()
 
 
 def test_a_missing_part_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(web_protocol.RequestHandler, "force_close")
-    with pytest.raises(UnsupportedAiohttp, match=r"RequestHandler\.force_close"):
-        check_tunnel_hooks()
+    with pytest.raises(UnsupportedAiohttp, match=r"RequestHandler\.force_close \(proxy\.tunnel"):
+        require_hooks()
 
 
 async def _serve_connect(
