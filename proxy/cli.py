@@ -223,16 +223,17 @@ def _run(args: argparse.Namespace) -> int:
     from proxy.server import ProxyServer, settle_garbage_collector
 
     configure_logging(args.log_format)
-    config = load_or_report(args.config)
-    if config is None:
-        return EXIT_CONFIG
     if args.workers < 1:
         print("signing-proxy: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     if args.workers > 1:
-        if build_or_report(args.config) is None:  # refused here, not by N workers
+        runtime = build_or_report(args.config)  # refused here, not by N workers
+        if runtime is None:
             return EXIT_CONFIG
-        return _run_workers(args, config)
+        return _run_workers(args, runtime.config)
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_CONFIG
     try:
         server = ProxyServer(
             config,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +48,16 @@ def _wait(predicate: object, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_workers_below_one_is_refused_before_the_config_is_read(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(tmp_path / "absent.yaml"),
+         "--workers", "0", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "signing-proxy: --workers must be at least 1\n"
 
 
 def test_two_workers_share_the_port_and_one_admin(tmp_path: Path) -> None:
