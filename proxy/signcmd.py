@@ -36,6 +36,7 @@ from proxy.signers import (
     SignResult,
     UpstreamRequest,
 )
+from proxy.signers.hmac.explain import escape_bytes
 
 EXIT_USAGE = 1
 
@@ -199,7 +200,7 @@ def _as_json(
     for key, value in request.headers.items():
         name = str(key)  # multidict's istr is not a str orjson accepts as a key
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    document = {
+    document: dict[str, object] = {
         "method": request.method,
         "url": redact(request.url),
         "headers": {name: redact(value) for name, value in headers.items()},
@@ -208,8 +209,20 @@ def _as_json(
         **{key: redact(value) for key, value in result.details.items()},
     }
     if explanation is not None:
-        document["explain"] = orjson.loads(redact(orjson.dumps(explanation).decode()))
+        # Redacted as values, before JSON escapes a secret's `"` or `\` out of redact's sight.
+        document["explain"] = _redact_values(explanation, redact)
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+
+
+def _redact_values(value: object, redact: Callable[[str], str]) -> object:
+    """`value` (an explanation: dicts, lists, strings, numbers) with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(key)): _redact_values(item, redact) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(item, redact) for item in value]
+    return value
 
 
 def _as_text(route: str, result: SignResult, body: bytes | None) -> str:
@@ -236,6 +249,8 @@ def _redactor(config: SignerConfig, signer: Signer[Any]) -> Callable[[str], str]
     ]
     # A secret sent in the query (query-key) is printed percent-encoded: redact that form too.
     encoded = [(quote(value, safe=safe), name) for value, name in revealed for safe in ("-._~", "")]
+    # The hmac explanation shows byte strings escaped (`\` doubled, controls as `\x..`).
+    encoded += [(escape_bytes(value.encode()), name) for value, name in revealed]
     secrets = sorted(set(revealed + encoded), key=lambda pair: -len(pair[0]))
 
     def redact(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -369,3 +370,59 @@ def test_nothing_emitted_contains_a_secret(tmp_path: Path) -> None:
     assert len(emitted) > 20
     for label, text in emitted:
         _assert_clean(label, text)
+
+
+@pytest.mark.parametrize("secret", ['leak-"quoted"-Jj62', "leak-back\\slash-Jj63"])
+def test_sign_explain_redacts_a_secret_json_escapes(tmp_path: Path, secret: str) -> None:
+    """`sign --explain --json` redacts the explanation before writing it as JSON: a secret with
+    a `"` or `\\` is escaped there, and a redaction of the JSON text would miss it. Here the
+    signed message holds it (the request's body)."""
+    hmac_route = {
+        "name": "hmac",
+        "match": {"path_prefix": "/hmac"},
+        "upstream": "http://127.0.0.1:1",
+        "signer": {
+            "scheme": "hmac",
+            "key_id": "public-hmac-key-id",
+            "secret": {"env": "LEAK_ESCAPED_SECRET"},
+            "sign": {
+                "algorithm": "hmac-sha256",
+                "key": "{secret}&{key_id}",
+                "message": "{method}{path}{body}",
+            },
+            "after_sign": {"headers": {"Authorization": "HMAC {key_id}:{signature}"}},
+        },
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"routes": [hmac_route]}))
+    env = {"LEAK_ESCAPED_SECRET": secret, "PATH": "/usr/bin:/bin"}
+    for output in ("--json", None):
+        # The secret in the body (an app echoing it): the signed message shows it.
+        args = ["sign", "--config", str(config_path), "--explain", "--data", f"k={secret}"]
+        args.append("http://h/hmac/x")
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", *args, *([output] if output else [])],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        for form in (secret, json.dumps(secret)[1:-1]):  # as is, and as JSON writes it
+            assert form not in result.stdout + result.stderr, output
+        explained = result.stdout.split("== explain ==")[-1]
+        if output == "--json":  # and none in the decoded strings
+            document = json.loads(result.stdout)
+            explained = "\n".join(_strings(document["explain"]))
+            for text in _strings(document):
+                assert secret not in text
+                assert json.dumps(secret)[1:-1] not in text
+        assert "<redacted secret>" in explained  # the explanation did hold it
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (key, *_strings(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return [value] if isinstance(value, str) else []
