@@ -34,6 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy import app as proxy_app
+from proxy.admission import check_host
 from proxy.config import load_config
 from proxy.exchange import Exchange
 from proxy.http import strip_hop_by_hop
@@ -337,6 +338,10 @@ def time_request_path(t: Timer) -> None:
     t.time("RouteTable.match(target, host) (first route)", lambda: table.match(target, "127.0.0.1"))
     devo_target = parse_target("/devo/api/items")
     t.time("RouteTable.match(target, host) (second route)", lambda: table.match(devo_target, "h"))
+    t.time(
+        "check_host(Host) + RouteTable.match_authority, as the handler routes (second route)",
+        lambda: table.match_authority(devo_target, check_host("h")),
+    )
     wrk = CIMultiDictProxy(CIMultiDict(WRK_HEADERS))
     app_headers = CIMultiDictProxy(CIMultiDict(APP_HEADERS))
     t.time("strip_hop_by_hop(1 header, as wrk sends)", lambda: strip_hop_by_hop(wrk))

@@ -43,6 +43,9 @@ _CONTENT_LENGTH: Final = re.compile(r"0|[1-9][0-9]{0,18}")
 _PORT: Final = re.compile(r"[0-9]{1,5}")
 
 
+Authority = tuple[str, int | None]  # a Host header's host (lower case) and port, if any
+
+
 class BadAuthority(ValueError):
     """A host[:port] that cannot be routed: its port is not 1-65535 in ASCII digits."""
 
@@ -110,17 +113,20 @@ def check_framing(headers: list[tuple[str, str]]) -> None:
                 )
 
 
-def check_host(host_header: str | None) -> None:
-    if host_header is None:
-        return
+def check_host(host_header: str | None) -> Authority | None:
+    """The `Host` header's host (lower case) and port, for routing; None without one."""
+    if not host_header:
+        return None
     try:
-        split_host_port(host_header.strip())
+        host, port = split_host_port(host_header.strip())
     except BadAuthority as err:
         raise ProxyError(400, "invalid_host", f"invalid Host header: {err}") from None
+    return host.lower(), port
 
 
-def check_request(request: web.BaseRequest) -> None:
-    """Raise the ProxyError that refuses `request`, or return: it may be routed.
+def check_request(request: web.BaseRequest) -> Authority | None:
+    """Raise the ProxyError that refuses `request`, or return its `Host` header's authority
+    (`check_host`): it may be routed.
 
     Every refusal closes the connection: the request's framing (or target, or method) is one
     the proxy does not trust, so neither is what follows it on the connection."""
@@ -128,7 +134,7 @@ def check_request(request: web.BaseRequest) -> None:
         check_method(request.method)
         check_target(request.raw_path)
         check_framing(_header_items(request))
-        check_host(request.headers.get("Host"))
+        return check_host(request.headers.get("Host"))
     except ProxyError as err:
         err.close = True
         raise

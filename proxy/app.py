@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.access import AccessPolicy
-from proxy.admission import body_unread, check_request
+from proxy.admission import Authority, body_unread, check_request
 from proxy.aiohttp_internals import end_connect_payload
 from proxy.body import client_body_deadline
 from proxy.clock import ClockSkew
@@ -231,13 +231,13 @@ class ProxyHandler:
         exchange: Exchange,
         tunnel: Tunnel | None = None,
     ) -> web.StreamResponse:
-        admit(request, runtime, tunneled=tunnel is not None)
+        authority = admit(request, runtime, tunneled=tunnel is not None)
         target = request_target(request)
         exchange.path = target.path
         if tunnel is None:
-            match = find_route(runtime.table, target, request)
+            match = find_route(runtime.table, target, request, authority)
         else:
-            match = tunnel.route_request(runtime, target, request.headers.get("Host"))
+            match = tunnel.route_request(runtime, target, request.headers.get("Host"), authority)
         route = match.route
         exchange.route = route.name
         take_slot(route)
@@ -346,9 +346,12 @@ class ProxyHandler:
         )
 
 
-def admit(request: web.BaseRequest, runtime: Runtime, *, tunneled: bool = False) -> None:
-    """Refuse, before any route is looked at, what the proxy never forwards. A request inside
-    a tunnel was admitted with its CONNECT (`proxy.tunnel`)."""
+def admit(
+    request: web.BaseRequest, runtime: Runtime, *, tunneled: bool = False
+) -> Authority | None:
+    """Refuse, before any route is looked at, what the proxy never forwards, or return the
+    request's `Host` authority, parsed once for routing. A request inside a tunnel was
+    admitted with its CONNECT (`proxy.tunnel`)."""
     if runtime.access is not None and not tunneled:
         runtime.access.check(request.remote, request.headers.get("Proxy-Authorization"))
     if request.method == "CONNECT":  # only reached inside a tunnel
@@ -357,11 +360,12 @@ def admit(request: web.BaseRequest, runtime: Runtime, *, tunneled: bool = False)
     if request.version not in _HTTP_1:
         # llhttp also accepts HTTP/0.9-style and "HTTP/2.0" request lines in HTTP/1 framing.
         raise ProxyError(505, "http_version_not_supported", "only HTTP/1.0 and 1.1")
-    check_request(request)  # method, target bytes, framing, Host port (proxy/admission.py)
+    authority = check_request(request)  # method, target bytes, framing, Host (admission.py)
     if not all(_is_utf8(value) for _, value in request.raw_headers):
         # aiohttp's writer would silently drop the bytes it cannot encode: refuse instead
         # of forwarding (and signing) a header that is not what the app sent.
         raise ProxyError(400, "invalid_header", "header values must be UTF-8 text")
+    return authority
 
 
 def request_target(request: web.BaseRequest) -> RequestTarget:
@@ -371,8 +375,10 @@ def request_target(request: web.BaseRequest) -> RequestTarget:
         raise ProxyError(400, "invalid_target", str(err)) from None
 
 
-def find_route(table: RouteTable, target: RequestTarget, request: web.BaseRequest) -> RouteMatch:
-    match = table.match(target, request.headers.get("Host"))
+def find_route(
+    table: RouteTable, target: RequestTarget, request: web.BaseRequest, authority: Authority | None
+) -> RouteMatch:
+    match = table.match_authority(target, authority)
     if match is None:
         host = target.host or request.headers.get("Host", "")
         raise ProxyError(

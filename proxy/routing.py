@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.admission import BadAuthority, split_host_port
+from proxy.admission import Authority, BadAuthority, split_host_port
 from proxy.config import RouteConfig
 from proxy.forward import UpstreamOptions
 from proxy.limits import RouteLimits
@@ -180,16 +180,28 @@ class RouteTable:
         self.by_name = {route.name: route for route in self.routes}
 
     def match(self, target: RequestTarget, host_header: str | None) -> RouteMatch | None:
+        """The route of a request to `target` with this `Host` header (as sent)."""
+        authority = None
+        if host_header and not target.is_absolute:
+            try:
+                host, port = split_host_port(host_header.strip())
+            except BadAuthority:  # admission refuses these first; never a route by accident
+                return None
+            authority = (host.lower(), port)
+        return self.match_authority(target, authority)
+
+    def match_authority(
+        self, target: RequestTarget, authority: Authority | None
+    ) -> RouteMatch | None:
+        """The route of a request to `target` whose `Host` header is `authority`, as admission
+        parsed it (`check_host`): not parsed again."""
         if target.is_absolute:
             assert target.host is not None
             assert target.scheme is not None
             host, port = split_host_port(target.host)
             port = port or _DEFAULT_PORTS[target.scheme]
-        elif host_header:
-            try:
-                host, port = split_host_port(host_header.strip().lower())
-            except BadAuthority:  # admission refuses these first; never a route by accident
-                return None
+        elif authority is not None:
+            host, port = authority
         else:
             host, port = None, None
         for route in self.routes:

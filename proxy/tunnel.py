@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from aiohttp import web
 
 from proxy.access import AccessPolicy
-from proxy.admission import BadAuthority, check_request, split_host_port
+from proxy.admission import Authority, BadAuthority, check_request, split_host_port
 from proxy.aiohttp_internals import (
     connect_bytes_pending,
     server_of,
@@ -180,18 +180,22 @@ class Tunnel:
         return "https" if self.plan.intercepted else "http"
 
     def route_request(
-        self, runtime: Runtime, target: RequestTarget, host: str | None
+        self, runtime: Runtime, target: RequestTarget, host: str | None, authority: Authority | None
     ) -> RouteMatch:
         """The route of a request inside this tunnel: by the CONNECT authority, which its
-        `Host` (or absolute-form target) must name; a missing `Host` takes the authority."""
+        `Host` (or absolute-form target) must name; a missing `Host` takes the authority.
+        `authority` is the `Host` header `host` as admission parsed it (`check_host`)."""
         plan = self.plan
         named = target.host or host
         if named:
             scheme = target.scheme or self.scheme
-            try:
-                named_host, named_port = split_host_port(named.strip().lower())
-            except BadAuthority:
-                raise ProxyError(400, "invalid_host", f"cannot route {named!r}") from None
+            if target.host is None and authority is not None:
+                named_host, named_port = authority
+            else:
+                try:
+                    named_host, named_port = split_host_port(named.strip().lower())
+                except BadAuthority:
+                    raise ProxyError(400, "invalid_host", f"cannot route {named!r}") from None
             default = TLS_PORT if scheme == "https" else PLAIN_PORT
             if (named_host.rstrip("."), named_port or default) != (plan.host, plan.port):
                 raise ProxyError(
