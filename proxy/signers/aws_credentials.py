@@ -18,7 +18,6 @@ Nothing here logs, prints or `repr`s a secret.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import importlib.util
 import logging
@@ -29,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.signers.base import CredentialsUnavailable
+from proxy.signers.base import CredentialsUnavailable, OnCredentialRefresh
+from proxy.signers.refreshing import RESULT_ERROR, RESULT_SUCCESS, cancel_tasks, report_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,7 @@ STS_SESSION_NAME_CHARS: Final = re.compile(r"[^A-Za-z0-9_+=,.@-]")
 
 INSTALL_HINT: Final = "pip install 'signing-proxy[aws]'"
 
-RESULT_SUCCESS: Final = "success"
-RESULT_ERROR: Final = "error"
-
-OnRefresh = Callable[[str, float | None], None]
-"""`on_refresh(result, expiry)`: result is "success" or "error"; expiry in epoch seconds."""
+OnRefresh = OnCredentialRefresh  # `on_refresh(result, expiry)`, as the other schemes'
 
 
 class CredentialsUnavailableError(CredentialsUnavailable, RuntimeError):
@@ -191,10 +187,7 @@ class RefreshingCredentialSource(CredentialSource):
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(task)
 
     async def refresh_once(self) -> bool:
         """Fetch now (in a thread) and install the result; True on success."""
@@ -251,12 +244,7 @@ class RefreshingCredentialSource(CredentialSource):
         return backoff
 
     def _report(self, result: str, expiry: float | None) -> None:
-        if self._on_refresh is None:
-            return
-        try:
-            self._on_refresh(result, expiry)
-        except Exception:  # a metrics bug must not stop the refreshing
-            logger.exception("on_refresh callback failed for route %r", self._name)
+        report_refresh(self._on_refresh, result, expiry, self._name)
 
 
 class BotocoreChainSource(RefreshingCredentialSource):

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from proxy.logs import get_logger
 from proxy.signers.base import CredentialsUnavailable, OnCredentialRefresh
+from proxy.signers.refreshing import RESULT_ERROR, RESULT_SUCCESS, cancel_tasks, report_refresh
 
 log = get_logger("signing_proxy")
 
@@ -35,9 +36,6 @@ REFRESH_AHEAD_MAX: Final = 300.0
 BACKOFF_INITIAL: Final = 1.0
 BACKOFF_MAX: Final = 30.0
 MIN_REFRESH_DELAY: Final = 0.05
-
-RESULT_SUCCESS: Final = "success"
-RESULT_ERROR: Final = "error"
 
 
 class TokenError(Exception):
@@ -160,13 +158,9 @@ class TokenSource:
             self._task = asyncio.create_task(self._run(), name=f"oauth2-token:{self._route}")
 
     async def close(self) -> None:
-        tasks = [task for task in (self._task, self._inflight) if task is not None]
+        tasks = (self._task, self._inflight)
         self._task = self._inflight = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(*tasks)
 
     async def fetch_once(self) -> bool:
         """One fetch now (shared with any in progress); True on success."""
@@ -223,12 +217,7 @@ class TokenSource:
                     await self._wake.wait()  # an invalidation fetches at once
 
     def _report(self, result: str, expiry: float | None) -> None:
-        if self._on_refresh is None:
-            return
-        try:
-            self._on_refresh(result, expiry)
-        except Exception:  # a metrics bug must not stop the refreshing
-            log.exception("on_refresh_failed", route=self._route)
+        report_refresh(self._on_refresh, result, expiry, self._route)
 
     def __repr__(self) -> str:
         return f"TokenSource(route={self._route!r}, token={self._token!r})"
