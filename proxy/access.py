@@ -76,13 +76,3 @@ def _in_networks(remote: str | None, networks: tuple[IPNetwork, ...]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a listen host keeps the proxy on this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

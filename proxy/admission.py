@@ -19,6 +19,7 @@ signer or an upstream, and its connection is closed.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Final
 
@@ -69,6 +70,17 @@ def split_host_port(authority: str) -> tuple[str, int | None]:
     if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise BadAuthority("the port must be a number from 1 to 65535")
     return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name, an IP address, an IPv6 one in brackets or not) is this machine
+    only: a listen host that keeps the proxy local, a token URL that may be plain HTTP."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_method(method: str) -> None:

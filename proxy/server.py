@@ -24,8 +24,8 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import Gauge
 
-from proxy.access import is_loopback
 from proxy.admin import admin_runner
+from proxy.admission import is_loopback
 from proxy.aiohttp_internals import HardenedServer
 from proxy.app import ProxyHandler, Runtime
 from proxy.config import (

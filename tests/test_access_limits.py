@@ -15,7 +15,8 @@ import pytest
 import requests
 from aiohttp import web
 
-from proxy.access import AccessPolicy, is_loopback
+from proxy.access import AccessPolicy
+from proxy.admission import is_loopback
 from proxy.config import parse_config
 from proxy.limits import TokenBucket
 from tests.support import ProxyProcess, Upstream, free_port, running_proxy, running_upstream

@@ -10,12 +10,12 @@ request once more with a new one.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
+from proxy.admission import is_loopback
 from proxy.secrets import SecretValue
 from proxy.signers.base import (
     CredentialsUnavailable,
@@ -80,7 +80,7 @@ class OAuth2Config(SignerConfig):
             raise ValueError(f"{value!r} must be an absolute https:// URL")
         if url.user or url.password or url.fragment:
             raise ValueError(f"{value!r} must not carry credentials or a fragment")
-        if url.scheme == "http" and not _is_loopback(url.host):
+        if url.scheme == "http" and not is_loopback(url.host):
             raise ValueError(
                 "the token endpoint gets the client's credentials: https:// is required "
                 "(http:// only on loopback)"
@@ -117,15 +117,6 @@ class OAuth2Config(SignerConfig):
             if value is not None:
                 params[name] = value
         return {**params, **self.extra_params}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class OAuth2Signer(Signer[OAuth2Config]):
