@@ -331,6 +331,12 @@ def route(name: str, upstream: str, signer: dict[str, Any], **extra: Any) -> dic
     return {"name": name, "upstream": upstream, "signer": signer, **extra}
 
 
+def one_route_config(upstream_url: str, name: str = "slow") -> dict[str, Any]:
+    """A config of one bearer route taking every path to `upstream_url`."""
+    signer = {"scheme": "bearer", "token": "t"}
+    return {"routes": [route(name, upstream_url, signer, match={"path_prefix": "/"})]}
+
+
 @dataclass
 class Reply:
     status: int

@@ -16,20 +16,7 @@ import requests
 from aiohttp import web
 
 from proxy.server import GC_YOUNG_THRESHOLD
-from tests.support import ProxyProcess, running_upstream
-
-
-def _config(upstream_url: str) -> dict[str, object]:
-    return {
-        "routes": [
-            {
-                "name": "slow",
-                "match": {"path_prefix": "/"},
-                "upstream": upstream_url,
-                "signer": {"scheme": "bearer", "token": "t"},
-            }
-        ]
-    }
+from tests.support import ProxyProcess, one_route_config, running_upstream
 
 
 @pytest.mark.smoke
@@ -44,7 +31,7 @@ def test_in_flight_request_finishes_then_exit_0(tmp_path: Path, sig: int) -> Non
             return web.Response(text="finished")
 
         upstream.handlers["/slow"] = slow
-        proxy = ProxyProcess(_config(upstream.url), tmp_path).start()
+        proxy = ProxyProcess(one_route_config(upstream.url), tmp_path).start()
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(requests.get, f"{proxy.url}/slow", timeout=30)
             assert arrived.wait(10)

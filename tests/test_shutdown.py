@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -27,23 +26,10 @@ from proxy.config import parse_config
 from proxy.server import ProxyServer
 from proxy.signals import STOP_MARGIN_SECONDS
 from proxy.threads import DaemonThreadPool
-from tests.support import ProxyProcess, Upstream, free_port, running_upstream
+from tests.support import ProxyProcess, Upstream, free_port, one_route_config, running_upstream
 
 DRAIN = 1.0
 TIMEOUT = 2.0
-
-
-def _config(upstream_url: str) -> dict[str, Any]:
-    return {
-        "routes": [
-            {
-                "name": "slow",
-                "match": {"path_prefix": "/"},
-                "upstream": upstream_url,
-                "signer": {"scheme": "bearer", "token": "t"},
-            }
-        ]
-    }
 
 
 class SlowUpstream:
@@ -91,7 +77,7 @@ def test_sigterm_exits_within_drain_plus_timeout_and_the_cut_request_says_shutdo
 ) -> None:
     upstream, slow = slow_upstream
     proxy = ProxyProcess(
-        _config(upstream.url),
+        one_route_config(upstream.url),
         tmp_path,
         drain_delay=DRAIN,
         extra_args=["--shutdown-timeout", str(TIMEOUT)],
@@ -113,7 +99,7 @@ def test_workers_keep_the_same_bound(
 ) -> None:
     upstream, slow = slow_upstream
     proxy = ProxyProcess(
-        _config(upstream.url),
+        one_route_config(upstream.url),
         tmp_path,
         drain_delay=DRAIN,
         extra_args=["--shutdown-timeout", str(TIMEOUT), "--workers", "2"],
@@ -179,7 +165,7 @@ async def test_cut_requests_are_counted_under_shutdown(
     slow_upstream: tuple[Upstream, SlowUpstream],
 ) -> None:
     upstream, slow = slow_upstream
-    config = parse_config(yaml.safe_dump(_config(upstream.url)))
+    config = parse_config(yaml.safe_dump(one_route_config(upstream.url)))
     port = free_port()
     server = ProxyServer(
         config,
