@@ -350,6 +350,9 @@ class HardenedRequestHandler(web_protocol.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_header_timer()
+        # The body reader points back at this protocol: keeping it past the connection would
+        # make a cycle that holds the body's buffered bytes until the cyclic collector runs.
+        self._open_body = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
