@@ -7,8 +7,10 @@ signer or an upstream, and its connection is closed.
 
 - Methods: the ones llhttp knows, exactly as sent (upper case); `TRACE` and `TRACK` ask the
   upstream to echo the request back, credential included, so they are refused (405).
-- The request-target: printable ASCII only (RFC 9112 3.2): raw non-ASCII is a 400 for both
-  parsers, as the README says.
+- The request-target: printable ASCII only (RFC 9112 3.2): raw non-ASCII or a control
+  character is a 400 for both parsers, as the README says.
+- Header values: no control character but HTAB (RFC 9110 5.5), as llhttp holds them; the
+  pure-Python parser of older aiohttp releases (3.11) let them through.
 - `Content-Length`: decimal digits with no leading zero, at most 2^63-1 (RFC 9110 8.6). A
   leading zero is read as octal by some servers; a value past 2^64 wraps in others.
 - `Transfer-Encoding`: `chunked` alone. Any other coding is refused (501, as nginx does) rather
@@ -42,6 +44,8 @@ ECHO_METHODS: Final = frozenset({"TRACE", "TRACK"})
 MAX_CONTENT_LENGTH: Final = 2**63 - 1
 _CONTENT_LENGTH: Final = re.compile(r"0|[1-9][0-9]{0,18}")
 _PORT: Final = re.compile(r"[0-9]{1,5}")
+# RFC 9110 5.5: a field value is visible characters, SP and HTAB (obs-text is the UTF-8 check's).
+_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 Authority = tuple[str, int | None]  # a Host header's host (lower case) and port, if any
@@ -95,12 +99,21 @@ def check_method(method: str) -> None:
 
 
 def check_target(raw_target: str) -> None:
-    # The pure-Python parser passes raw bytes >= 0x80 through (non-UTF-8 ones as surrogates);
-    # llhttp refuses them. Neither may reach routing, signing or the log.
-    if not raw_target.isascii():
+    # The pure-Python parser passes raw bytes >= 0x80 through (non-UTF-8 ones as surrogates),
+    # and aiohttp 3.11's control characters too; llhttp refuses both. Neither may reach
+    # routing, signing or the log.
+    if not (raw_target.isascii() and raw_target.isprintable()):
         raise ProxyError(
-            400, "invalid_target", "the request target must be ASCII (percent-encode the rest)"
+            400,
+            "invalid_target",
+            "the request target must be printable ASCII (percent-encode the rest)",
         )
+
+
+def check_header_values(raw_headers: tuple[tuple[bytes, bytes], ...]) -> None:
+    # The message names no header and quotes no value: it may be a credential.
+    if any(_VALUE_CONTROL.search(value) for _, value in raw_headers):
+        raise ProxyError(400, "invalid_header", "header values must not contain control characters")
 
 
 def check_framing(headers: list[tuple[str, str]]) -> None:
@@ -145,6 +158,7 @@ def check_request(request: web.BaseRequest) -> Authority | None:
     try:
         check_method(request.method)
         check_target(request.raw_path)
+        check_header_values(request.raw_headers)
         check_framing(_header_items(request))
         return check_host(request.headers.get("Host"))
     except ProxyError as err:

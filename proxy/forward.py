@@ -28,7 +28,7 @@ from proxy.config import RouteConfig, setting_at
 from proxy.errors import ProxyError, ResponseAborted
 from proxy.exchange import Exchange
 from proxy.http import are_field_names
-from proxy.logs import get_logger, parser_refusal_reason
+from proxy.logs import body_refusal_reason, get_logger
 from proxy.signers import UpstreamRequest
 from proxy.tls import client_tls
 from proxy.upstream_tls import TlsMaterial, material_digest
@@ -329,7 +329,9 @@ def failure_reason(exc: BaseException) -> str:
         return exc.message or type(exc).__name__
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid upstream URL"
-    if isinstance(exc, HttpProcessingError):  # the client's body: its reason, never its bytes
-        return parser_refusal_reason(exc)
+    # The client's body: its reason, never its bytes (a RequestPayloadError's text is aiohttp's
+    # str() of the parser's error, which quotes them).
+    if isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+        return body_refusal_reason(exc)
     text = str(exc)
     return text if text else type(exc).__name__

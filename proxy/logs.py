@@ -150,6 +150,17 @@ def parser_refusal_reason(error: HttpProcessingError) -> str:
     return reason or type(error).__name__
 
 
+def body_refusal_reason(error: BaseException) -> str:
+    """The reason a request body could not be read, without its bytes. aiohttp fails a body
+    its parser refused with a `RequestPayloadError` whose text is `str()` of the parser's
+    error, quoted bytes included (aiohttp 3.11's chunk-size error is the refused line
+    itself): the reason comes from that cause, never from the wrapper's text."""
+    cause = error if isinstance(error, HttpProcessingError) else error.__cause__
+    if isinstance(cause, HttpProcessingError):
+        return parser_refusal_reason(cause)
+    return type(cause or error).__name__
+
+
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 

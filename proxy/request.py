@@ -17,7 +17,7 @@ from proxy.config import RouteConfig
 from proxy.errors import ProxyError
 from proxy.forward import CHUNK_SIZE
 from proxy.http import HOP_BY_HOP, connection_tokens
-from proxy.logs import parser_refusal_reason
+from proxy.logs import body_refusal_reason
 from proxy.routing import RouteMatch
 from proxy.signers import BodyDigest, UpstreamRequest
 
@@ -187,7 +187,7 @@ async def _read_declared(request: web.BaseRequest, length: int) -> bytes:
 
 def _malformed(err: HttpProcessingError | web.RequestPayloadError) -> ProxyError:
     # The parser's message can quote the body's bytes: its reason only, as logged.
-    reason = parser_refusal_reason(err) if isinstance(err, HttpProcessingError) else str(err)
+    reason = body_refusal_reason(err)
     return ProxyError(400, "invalid_body", f"the request body is malformed: {reason}")
 
 

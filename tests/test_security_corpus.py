@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 import requests
+from aiohttp import web
+from aiohttp.http_exceptions import TransferEncodingError
 
+from proxy.admission import check_header_values, check_target
+from proxy.errors import ProxyError
+from proxy.forward import failure_reason
+from proxy.logs import body_refusal_reason
 from tests.support import (
     ProxyProcess,
     RawUpstream,
@@ -352,6 +358,7 @@ def test_double_spaces_in_the_request_line_are_tolerated_by_both(
     assert _reached(raw_upstream, mark).startswith(b"GET /base/x HTTP/1.1\r\n")
 
 
+@pytest.mark.smoke  # aiohttp 3.11 (the floor) quotes and passes more: run there too
 @pytest.mark.parametrize(
     "data",
     [
@@ -387,6 +394,34 @@ def test_no_log_line_quotes_a_refused_request(
     assert "HEADERMARK" not in logs
     assert b"QUERYMARK" not in reply.body  # nor the error page
     assert b"HEADERMARK" not in reply.body
+
+
+@pytest.mark.smoke
+def test_what_older_parsers_let_through_is_refused_at_the_door() -> None:
+    """aiohttp 3.11's pure-Python parser passes control characters in the target and in header
+    values (llhttp and later releases refuse them): the proxy refuses them itself, quoting
+    neither; and a body error's reason comes from the parser's error, never from the text of
+    aiohttp's wrapper, which is that error's `str()` with the refused bytes."""
+    for target in ("/b/x?apikey=QUERYMARK\x01", "/b/x?k=QUERYMARK\x7f", "/b/\tx"):
+        with pytest.raises(ProxyError) as refused:
+            check_target(target)
+        assert refused.value.code == "invalid_target"
+        assert "QUERYMARK" not in refused.value.message
+    check_target("/b/x?apikey=v%01")
+    for value in (b"Bearer HEADERMARK\x01", b"a\x00b", b"a\x7fb", b"a\x1bb"):
+        with pytest.raises(ProxyError) as refused:
+            check_header_values(((b"Host", b"h"), (b"Proxy-Authorization", value)))
+        assert refused.value.code == "invalid_header"
+        assert "HEADERMARK" not in refused.value.message
+    check_header_values(((b"X-Key", b"a\tb c\xc3\xa9"),))
+    # As aiohttp 3.11 builds them: its chunk-size error is the refused line itself.
+    cause = TransferEncodingError("QUERYMARK")
+    wrapped = web.RequestPayloadError(str(cause))
+    wrapped.__cause__ = cause
+    assert "QUERYMARK" in str(wrapped)
+    assert body_refusal_reason(wrapped) == "Invalid character in chunk size"
+    assert failure_reason(wrapped) == "Invalid character in chunk size"
+    assert body_refusal_reason(web.RequestPayloadError("QUERYMARK")) == "RequestPayloadError"
 
 
 @pytest.mark.parametrize("route", ["d", "b"])
