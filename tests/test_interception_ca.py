@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import re
 import ssl
 import stat
 import subprocess
@@ -578,3 +579,27 @@ def test_check_refuses_a_key_that_does_not_match(tmp_path: Path) -> None:
     assert "interception.ca_key: the CA key does not match the certificate" in check.stderr
     for line in (tmp_path / "two" / "ca.key").read_text().splitlines()[1:-1]:
         assert line not in check.stdout + check.stderr
+
+
+def test_ca_create_prints_a_route_its_ca_may_sign_for(tmp_path: Path) -> None:
+    """The config `ca create` prints passes `check` as shown: its example host lies inside the
+    name constraints (`--permit`), which `check` enforces."""
+    out = tmp_path / "ca"
+    result = _cli("ca", "create", "--out", str(out), "--permit", "example.com")
+    assert result.returncode == 0, result.stderr
+    printed = re.search(r"match: \{host: ([^}]+)\}", result.stdout)
+    assert printed is not None, result.stdout
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"interception:\n"
+        f"  ca_cert: {{file: {out / 'ca.crt'}}}\n"
+        f"  ca_key: {{file: {out / 'ca.key'}}}\n"
+        f"routes:\n"
+        f"  - name: vendor\n"
+        f"    match: {{host: {printed.group(1)}}}\n"
+        f"    intercept: true\n"
+        f"    signer: {{scheme: bearer, token: t0ken}}\n"
+    )
+    check = _cli("check", "--config", str(config))
+    assert check.returncode == 0, check.stderr
+    assert f"https://{printed.group(1)}/" in result.stdout  # the curl line names it too

@@ -48,6 +48,8 @@ def ca_command(args: argparse.Namespace) -> int:
         return 1
     cert, key = created.cert_path, created.key_path
     scope = ", ".join(args.permit) if args.permit else "ANY name (add --permit DOMAIN to limit it)"
+    # The example host must be one the CA may sign for, or `check` refuses the route.
+    host = f"api.{args.permit[0].lstrip('.')}" if args.permit else "api.vendor.example"
     print(
         f"""\
 Created a development CA, valid until {created.not_after:%Y-%m-%d}, signing for: {scope}
@@ -60,12 +62,12 @@ Use it in the proxy's config, and opt routes in:
     ca_key: {{file: {key}}}
   routes:
     - name: vendor
-      match: {{host: api.vendor.example}}
+      match: {{host: {host}}}
       intercept: true
       ...
 
 Make the apps trust it (for the proxy's tunnels only; never install the key anywhere):
-  curl:          curl --proxy http://127.0.0.1:8080 --cacert {cert} https://api.vendor.example/
+  curl:          curl --proxy http://127.0.0.1:8080 --cacert {cert} https://{host}/
   Python:        HTTPS_PROXY=http://127.0.0.1:8080 and REQUESTS_CA_BUNDLE (requests) or
                  SSL_CERT_FILE (urllib, httpx, aiohttp) = a bundle that holds {cert}
                  (either replaces the default store)
